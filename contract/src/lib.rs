@@ -1,0 +1,1086 @@
+//! The contract between `swarmctl` and `pgswarm-sidecar`.
+//!
+//! `swarmctl` decides the topology and writes each member's share of it into the stack file as
+//! `PGSWARM_*` environment variables; the sidecar reads them back. Both sides go through the
+//! typed [`MemberEnv`] defined here, so a variable name, a default port or a secret path exists
+//! in exactly one place and can never drift between the two programs.
+//!
+//! Secrets never travel through this contract: only the *paths* of secret files do
+//! (`PGSWARM_*_FILE`, defaulting to `/run/secrets/<name>`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// Names of every environment variable of the contract.
+pub mod env {
+    /// Which process this container runs; see [`crate::Mode`].
+    pub const MODE: &str = "PGSWARM_MODE";
+    /// The cluster's name; Patroni's scope, etcd's cluster token.
+    pub const CLUSTER: &str = "PGSWARM_CLUSTER";
+    /// This member's name; also its Swarm service name, hence its stable DNS address.
+    pub const MEMBER: &str = "PGSWARM_MEMBER";
+    /// Root of the member's volume; data lives in subdirectories of it.
+    pub const DATA_ROOT: &str = "PGSWARM_DATA_ROOT";
+    /// Directory for rendered runtime files (patroni.yml, haproxy.cfg, ...).
+    pub const RUN_DIR: &str = "PGSWARM_RUN_DIR";
+    /// Directory of PostgreSQL binaries; found automatically when unset.
+    pub const PG_BIN_DIR: &str = "PGSWARM_PG_BIN_DIR";
+    /// Port PostgreSQL listens on.
+    pub const PG_PORT: &str = "PGSWARM_PG_PORT";
+    /// Address PostgreSQL (and Patroni's REST API) listen on.
+    pub const LISTEN_ADDRESS: &str = "PGSWARM_LISTEN_ADDRESS";
+    /// Host other members use to reach this one; defaults to the member name.
+    pub const CONNECT_HOST: &str = "PGSWARM_CONNECT_HOST";
+    /// PostgreSQL parameters as a JSON object of strings.
+    pub const PG_PARAMETERS: &str = "PGSWARM_PG_PARAMETERS";
+    /// Networks (CIDR, comma separated) allowed in pg_hba; detected from interfaces when unset.
+    pub const ALLOWED_CIDRS: &str = "PGSWARM_ALLOWED_CIDRS";
+    /// Folder of user SQL run once on first boot (replication primary).
+    pub const INIT_SQL_DIR: &str = "PGSWARM_INIT_SQL_DIR";
+    /// Folder whose files override the embedded templates of `init-scripts/`.
+    pub const TEMPLATE_DIR: &str = "PGSWARM_TEMPLATE_DIR";
+    /// Log format: `text` or `json`.
+    pub const LOG_FORMAT: &str = "PGSWARM_LOG_FORMAT";
+
+    /// Superuser name.
+    pub const SUPERUSER: &str = "PGSWARM_SUPERUSER";
+    /// Replication role name.
+    pub const REPLICATION_USER: &str = "PGSWARM_REPLICATION_USER";
+    /// Patroni REST API user name.
+    pub const REST_USER: &str = "PGSWARM_REST_USER";
+    /// Path of the superuser password file.
+    pub const SUPERUSER_PASSWORD_FILE: &str = "PGSWARM_SUPERUSER_PASSWORD_FILE";
+    /// Path of the replication password file.
+    pub const REPLICATION_PASSWORD_FILE: &str = "PGSWARM_REPLICATION_PASSWORD_FILE";
+    /// Path of the Patroni REST API password file.
+    pub const REST_PASSWORD_FILE: &str = "PGSWARM_REST_PASSWORD_FILE";
+
+    /// Replication primary: the replica slots to create (comma separated).
+    pub const REPLICA_SLOTS: &str = "PGSWARM_REPLICA_SLOTS";
+    /// Replication replica: host of the primary.
+    pub const PRIMARY_HOST: &str = "PGSWARM_PRIMARY_HOST";
+    /// Replication replica: port of the primary.
+    pub const PRIMARY_PORT: &str = "PGSWARM_PRIMARY_PORT";
+    /// Replication replica: the slot this replica streams from.
+    pub const SLOT: &str = "PGSWARM_SLOT";
+    /// Seconds to wait for a peer (primary, etcd) before giving up.
+    pub const WAIT_TIMEOUT: &str = "PGSWARM_WAIT_TIMEOUT";
+
+    /// Patroni, router: the etcd client endpoints, `host:port` comma separated.
+    pub const ETCD_HOSTS: &str = "PGSWARM_ETCD_HOSTS";
+    /// Patroni REST API port.
+    pub const REST_PORT: &str = "PGSWARM_REST_PORT";
+    /// Patroni leader lock TTL, seconds.
+    pub const TTL: &str = "PGSWARM_TTL";
+    /// Patroni loop wait, seconds.
+    pub const LOOP_WAIT: &str = "PGSWARM_LOOP_WAIT";
+    /// Patroni retry timeout, seconds.
+    pub const RETRY_TIMEOUT: &str = "PGSWARM_RETRY_TIMEOUT";
+    /// Patroni maximum lag on failover, bytes.
+    pub const MAXIMUM_LAG_ON_FAILOVER: &str = "PGSWARM_MAXIMUM_LAG_ON_FAILOVER";
+    /// Patroni synchronous mode: `off`, `on` or `quorum`.
+    pub const SYNCHRONOUS_MODE: &str = "PGSWARM_SYNCHRONOUS_MODE";
+    /// Citus group of this member (0 = coordinator); unset outside Citus.
+    pub const CITUS_GROUP: &str = "PGSWARM_CITUS_GROUP";
+    /// Citus database name.
+    pub const CITUS_DATABASE: &str = "PGSWARM_CITUS_DATABASE";
+
+    /// etcd: the initial cluster, `name=http://host:port` comma separated.
+    pub const ETCD_INITIAL_CLUSTER: &str = "PGSWARM_ETCD_INITIAL_CLUSTER";
+    /// etcd client port.
+    pub const ETCD_CLIENT_PORT: &str = "PGSWARM_ETCD_CLIENT_PORT";
+    /// etcd peer port.
+    pub const ETCD_PEER_PORT: &str = "PGSWARM_ETCD_PEER_PORT";
+
+    /// Router: the data members behind the read-write / read-only ports (comma separated hosts).
+    pub const ROUTER_MEMBERS: &str = "PGSWARM_ROUTER_MEMBERS";
+    /// Router: Citus worker members behind the optional worker port.
+    pub const ROUTER_WORKER_MEMBERS: &str = "PGSWARM_ROUTER_WORKER_MEMBERS";
+    /// Router read-write port.
+    pub const ROUTER_RW_PORT: &str = "PGSWARM_ROUTER_RW_PORT";
+    /// Router read-only port.
+    pub const ROUTER_RO_PORT: &str = "PGSWARM_ROUTER_RO_PORT";
+    /// Router port balanced over Citus worker primaries (optional).
+    pub const ROUTER_WORKER_PORT: &str = "PGSWARM_ROUTER_WORKER_PORT";
+    /// Router health check interval, milliseconds.
+    pub const ROUTER_CHECK_INTERVAL_MS: &str = "PGSWARM_ROUTER_CHECK_INTERVAL_MS";
+    /// Router checks failed before a server is marked down.
+    pub const ROUTER_FALL: &str = "PGSWARM_ROUTER_FALL";
+    /// Router checks passed before a server is marked up.
+    pub const ROUTER_RISE: &str = "PGSWARM_ROUTER_RISE";
+
+    /// Pooler: host it forwards to (the router's service name).
+    pub const POOLER_TARGET_HOST: &str = "PGSWARM_POOLER_TARGET_HOST";
+    /// Pooler: port it forwards to (the router's read-write port).
+    pub const POOLER_TARGET_PORT: &str = "PGSWARM_POOLER_TARGET_PORT";
+    /// Pooler listen port.
+    pub const POOLER_PORT: &str = "PGSWARM_POOLER_PORT";
+    /// Pooler pool mode: `transaction`, `session` or `statement`.
+    pub const POOL_MODE: &str = "PGSWARM_POOL_MODE";
+    /// Pooler default pool size.
+    pub const POOL_SIZE: &str = "PGSWARM_POOL_SIZE";
+    /// Pooler max client connections.
+    pub const MAX_CLIENT_CONN: &str = "PGSWARM_MAX_CLIENT_CONN";
+}
+
+/// Defaults shared by the generator and the sidecar.
+pub mod defaults {
+    /// Where a member's named volume is mounted in the container.
+    pub const DATA_ROOT: &str = "/var/lib/pgswarm";
+    /// Where rendered runtime files go in the container.
+    pub const RUN_DIR: &str = "/run/pgswarm";
+    /// Where Docker mounts secrets.
+    pub const SECRETS_DIR: &str = "/run/secrets";
+    pub const PG_PORT: u16 = 5432;
+    pub const REST_PORT: u16 = 8008;
+    pub const ETCD_CLIENT_PORT: u16 = 2379;
+    pub const ETCD_PEER_PORT: u16 = 2380;
+    pub const ROUTER_RW_PORT: u16 = 5000;
+    pub const ROUTER_RO_PORT: u16 = 5001;
+    pub const POOLER_PORT: u16 = 6432;
+    pub const SUPERUSER: &str = "postgres";
+    pub const REPLICATION_USER: &str = "replicator";
+    pub const REST_USER: &str = "patroni";
+    pub const LISTEN_ADDRESS: &str = "0.0.0.0";
+    pub const WAIT_TIMEOUT_SECS: u64 = 300;
+    pub const TTL: u32 = 20;
+    pub const LOOP_WAIT: u32 = 5;
+    pub const RETRY_TIMEOUT: u32 = 5;
+    pub const MAXIMUM_LAG_ON_FAILOVER: u64 = 1_048_576;
+    pub const ROUTER_CHECK_INTERVAL_MS: u32 = 1000;
+    pub const ROUTER_FALL: u32 = 2;
+    pub const ROUTER_RISE: u32 = 1;
+    pub const POOL_SIZE: u32 = 20;
+    pub const MAX_CLIENT_CONN: u32 = 1000;
+    pub const CITUS_DATABASE: &str = "citus";
+    /// Subdirectory of the data root holding PostgreSQL's data directory.
+    pub const PGDATA_SUBDIR: &str = "pgdata";
+    /// Subdirectory of the data root holding etcd's data directory.
+    pub const ETCD_SUBDIR: &str = "etcd";
+}
+
+/// A credential kept in a Docker secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Secret {
+    /// Password of the PostgreSQL superuser.
+    SuperuserPassword,
+    /// Password of the replication role.
+    ReplicationPassword,
+    /// Password of Patroni's REST API (basic auth).
+    RestPassword,
+}
+
+impl Secret {
+    pub const ALL: [Secret; 3] = [
+        Secret::SuperuserPassword,
+        Secret::ReplicationPassword,
+        Secret::RestPassword,
+    ];
+
+    /// File name inside the secrets directory (the `target` of the stack's secret mount).
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Secret::SuperuserPassword => "superuser_password",
+            Secret::ReplicationPassword => "replication_password",
+            Secret::RestPassword => "rest_password",
+        }
+    }
+
+    /// The environment variable that may point at another path for this secret.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Secret::SuperuserPassword => env::SUPERUSER_PASSWORD_FILE,
+            Secret::ReplicationPassword => env::REPLICATION_PASSWORD_FILE,
+            Secret::RestPassword => env::REST_PASSWORD_FILE,
+        }
+    }
+
+    /// Name of the Docker secret holding it for `cluster` (`<cluster>_<file name>`).
+    pub fn docker_name(self, cluster: &str) -> String {
+        format!("{cluster}_{}", self.file_name())
+    }
+
+    /// Default path inside the container.
+    pub fn default_path(self) -> String {
+        format!("{}/{}", defaults::SECRETS_DIR, self.file_name())
+    }
+
+    /// Which modes need this secret.
+    pub fn needed_by(self, mode: Mode) -> bool {
+        match (self, mode) {
+            (_, Mode::Etcd) => false,
+            (Secret::SuperuserPassword, _) => true,
+            (Secret::ReplicationPassword, Mode::Primary | Mode::Replica | Mode::Patroni) => true,
+            (Secret::ReplicationPassword, _) => false,
+            (Secret::RestPassword, Mode::Patroni) => true,
+            (Secret::RestPassword, _) => false,
+        }
+    }
+}
+
+/// What one container of the stack runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Streaming-replication primary (topology `replication`).
+    Primary,
+    /// Streaming-replication hot standby (topology `replication`).
+    Replica,
+    /// A Patroni-managed PostgreSQL member (topologies `patroni` and `citus`).
+    Patroni,
+    /// An etcd v3 member, Patroni's DCS.
+    Etcd,
+    /// HAProxy: read-write and read-only ports by Patroni health checks.
+    Router,
+    /// PgBouncer in front of the router.
+    Pooler,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 6] = [
+        Mode::Primary,
+        Mode::Replica,
+        Mode::Patroni,
+        Mode::Etcd,
+        Mode::Router,
+        Mode::Pooler,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Primary => "primary",
+            Mode::Replica => "replica",
+            Mode::Patroni => "patroni",
+            Mode::Etcd => "etcd",
+            Mode::Router => "router",
+            Mode::Pooler => "pooler",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ContractError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| ContractError::Invalid {
+                var: env::MODE,
+                value: s.to_string(),
+                expected: "one of primary, replica, patroni, etcd, router, pooler".into(),
+            })
+    }
+}
+
+/// Patroni's synchronous replication setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SynchronousMode {
+    #[default]
+    Off,
+    On,
+    Quorum,
+}
+
+impl SynchronousMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SynchronousMode::Off => "off",
+            SynchronousMode::On => "on",
+            SynchronousMode::Quorum => "quorum",
+        }
+    }
+}
+
+impl FromStr for SynchronousMode {
+    type Err = ContractError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" | "false" => Ok(SynchronousMode::Off),
+            "on" | "true" => Ok(SynchronousMode::On),
+            "quorum" => Ok(SynchronousMode::Quorum),
+            other => Err(ContractError::Invalid {
+                var: env::SYNCHRONOUS_MODE,
+                value: other.to_string(),
+                expected: "off, on or quorum".into(),
+            }),
+        }
+    }
+}
+
+/// PgBouncer pool mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolMode {
+    #[default]
+    Transaction,
+    Session,
+    Statement,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+            PoolMode::Statement => "statement",
+        }
+    }
+}
+
+impl FromStr for PoolMode {
+    type Err = ContractError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "transaction" => Ok(PoolMode::Transaction),
+            "session" => Ok(PoolMode::Session),
+            "statement" => Ok(PoolMode::Statement),
+            other => Err(ContractError::Invalid {
+                var: env::POOL_MODE,
+                value: other.to_string(),
+                expected: "transaction, session or statement".into(),
+            }),
+        }
+    }
+}
+
+/// An error reading the contract from an environment.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ContractError {
+    #[error(
+        "{var} is not set; it is required in mode {mode} (the stack generated by swarmctl sets it)"
+    )]
+    Missing { var: &'static str, mode: String },
+    #[error("{var}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+}
+
+/// A `host:port` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl Endpoint {
+    fn parse(var: &'static str, s: &str) -> Result<Self, ContractError> {
+        let invalid = || ContractError::Invalid {
+            var,
+            value: s.to_string(),
+            expected: "host:port".into(),
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(invalid)?;
+        let port = port.parse().map_err(|_| invalid())?;
+        if host.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// One etcd member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdPeer {
+    pub name: String,
+    pub peer_url: String,
+}
+
+/// Settings every mode shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Common {
+    pub cluster: String,
+    pub member: String,
+    pub data_root: String,
+    pub run_dir: String,
+    pub log_json: bool,
+    pub superuser: String,
+    pub replication_user: String,
+    pub rest_user: String,
+    /// Secret file paths that differ from the default `/run/secrets/<name>`.
+    pub secret_files: BTreeMap<Secret, String>,
+    pub wait_timeout_secs: u64,
+}
+
+impl Common {
+    pub fn new(cluster: impl Into<String>, member: impl Into<String>) -> Self {
+        Common {
+            cluster: cluster.into(),
+            member: member.into(),
+            data_root: defaults::DATA_ROOT.into(),
+            run_dir: defaults::RUN_DIR.into(),
+            log_json: false,
+            superuser: defaults::SUPERUSER.into(),
+            replication_user: defaults::REPLICATION_USER.into(),
+            rest_user: defaults::REST_USER.into(),
+            secret_files: BTreeMap::new(),
+            wait_timeout_secs: defaults::WAIT_TIMEOUT_SECS,
+        }
+    }
+
+    /// Path of a secret's file.
+    pub fn secret_path(&self, secret: Secret) -> String {
+        self.secret_files
+            .get(&secret)
+            .cloned()
+            .unwrap_or_else(|| secret.default_path())
+    }
+
+    /// PostgreSQL's data directory.
+    pub fn pgdata(&self) -> String {
+        format!("{}/{}", self.data_root, defaults::PGDATA_SUBDIR)
+    }
+}
+
+/// Settings of a PostgreSQL server (primary, replica, Patroni member).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Postgres {
+    pub port: u16,
+    pub listen_address: String,
+    /// How peers reach this member; the member (service) name by default.
+    pub connect_host: Option<String>,
+    pub bin_dir: Option<String>,
+    pub parameters: BTreeMap<String, String>,
+    /// Networks allowed in pg_hba; empty = detect from the container's interfaces.
+    pub allowed_cidrs: Vec<String>,
+}
+
+impl Default for Postgres {
+    fn default() -> Self {
+        Postgres {
+            port: defaults::PG_PORT,
+            listen_address: defaults::LISTEN_ADDRESS.into(),
+            connect_host: None,
+            bin_dir: None,
+            parameters: BTreeMap::new(),
+            allowed_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// Citus membership of a Patroni member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Citus {
+    pub group: u32,
+    pub database: String,
+}
+
+/// Everything one container needs, by mode.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Role {
+    Primary {
+        postgres: Postgres,
+        replica_slots: Vec<String>,
+        init_sql_dir: Option<String>,
+    },
+    Replica {
+        postgres: Postgres,
+        primary: Endpoint,
+        slot: String,
+    },
+    Patroni {
+        postgres: Postgres,
+        etcd_hosts: Vec<Endpoint>,
+        rest_port: u16,
+        ttl: u32,
+        loop_wait: u32,
+        retry_timeout: u32,
+        maximum_lag_on_failover: u64,
+        synchronous_mode: SynchronousMode,
+        citus: Option<Citus>,
+    },
+    Etcd {
+        initial_cluster: Vec<EtcdPeer>,
+        client_port: u16,
+        peer_port: u16,
+    },
+    Router {
+        members: Vec<String>,
+        worker_members: Vec<String>,
+        pg_port: u16,
+        rest_port: u16,
+        rw_port: u16,
+        ro_port: u16,
+        worker_port: Option<u16>,
+        check_interval_ms: u32,
+        fall: u32,
+        rise: u32,
+    },
+    Pooler {
+        target: Endpoint,
+        port: u16,
+        pool_mode: PoolMode,
+        pool_size: u32,
+        max_client_conn: u32,
+    },
+}
+
+impl Role {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Role::Primary { .. } => Mode::Primary,
+            Role::Replica { .. } => Mode::Replica,
+            Role::Patroni { .. } => Mode::Patroni,
+            Role::Etcd { .. } => Mode::Etcd,
+            Role::Router { .. } => Mode::Router,
+            Role::Pooler { .. } => Mode::Pooler,
+        }
+    }
+}
+
+/// One member's whole environment: what `swarmctl` writes and the sidecar reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberEnv {
+    pub common: Common,
+    pub role: Role,
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl MemberEnv {
+    pub fn mode(&self) -> Mode {
+        self.role.mode()
+    }
+
+    /// The environment variables, in a stable order. Contains no secret, only secret paths.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        let c = &self.common;
+        out.push((env::MODE, self.mode().to_string()));
+        out.push((env::CLUSTER, c.cluster.clone()));
+        out.push((env::MEMBER, c.member.clone()));
+        if c.data_root != defaults::DATA_ROOT {
+            out.push((env::DATA_ROOT, c.data_root.clone()));
+        }
+        if c.run_dir != defaults::RUN_DIR {
+            out.push((env::RUN_DIR, c.run_dir.clone()));
+        }
+        if c.log_json {
+            out.push((env::LOG_FORMAT, "json".into()));
+        }
+        if c.superuser != defaults::SUPERUSER {
+            out.push((env::SUPERUSER, c.superuser.clone()));
+        }
+        if c.replication_user != defaults::REPLICATION_USER {
+            out.push((env::REPLICATION_USER, c.replication_user.clone()));
+        }
+        if c.rest_user != defaults::REST_USER {
+            out.push((env::REST_USER, c.rest_user.clone()));
+        }
+        for (secret, path) in &c.secret_files {
+            out.push((secret.env_var(), path.clone()));
+        }
+        if c.wait_timeout_secs != defaults::WAIT_TIMEOUT_SECS {
+            out.push((env::WAIT_TIMEOUT, c.wait_timeout_secs.to_string()));
+        }
+        let push_pg = |out: &mut Vec<(&'static str, String)>, pg: &Postgres| {
+            if pg.port != defaults::PG_PORT {
+                out.push((env::PG_PORT, pg.port.to_string()));
+            }
+            if pg.listen_address != defaults::LISTEN_ADDRESS {
+                out.push((env::LISTEN_ADDRESS, pg.listen_address.clone()));
+            }
+            if let Some(host) = &pg.connect_host {
+                out.push((env::CONNECT_HOST, host.clone()));
+            }
+            if let Some(dir) = &pg.bin_dir {
+                out.push((env::PG_BIN_DIR, dir.clone()));
+            }
+            if !pg.parameters.is_empty() {
+                let json = serde_json::to_string(&pg.parameters).unwrap_or_default();
+                out.push((env::PG_PARAMETERS, json));
+            }
+            if !pg.allowed_cidrs.is_empty() {
+                out.push((env::ALLOWED_CIDRS, join(&pg.allowed_cidrs)));
+            }
+        };
+        match &self.role {
+            Role::Primary {
+                postgres,
+                replica_slots,
+                init_sql_dir,
+            } => {
+                push_pg(&mut out, postgres);
+                out.push((env::REPLICA_SLOTS, join(replica_slots)));
+                if let Some(dir) = init_sql_dir {
+                    out.push((env::INIT_SQL_DIR, dir.clone()));
+                }
+            }
+            Role::Replica {
+                postgres,
+                primary,
+                slot,
+            } => {
+                push_pg(&mut out, postgres);
+                out.push((env::PRIMARY_HOST, primary.host.clone()));
+                out.push((env::PRIMARY_PORT, primary.port.to_string()));
+                out.push((env::SLOT, slot.clone()));
+            }
+            Role::Patroni {
+                postgres,
+                etcd_hosts,
+                rest_port,
+                ttl,
+                loop_wait,
+                retry_timeout,
+                maximum_lag_on_failover,
+                synchronous_mode,
+                citus,
+            } => {
+                push_pg(&mut out, postgres);
+                out.push((env::ETCD_HOSTS, join(etcd_hosts)));
+                out.push((env::REST_PORT, rest_port.to_string()));
+                out.push((env::TTL, ttl.to_string()));
+                out.push((env::LOOP_WAIT, loop_wait.to_string()));
+                out.push((env::RETRY_TIMEOUT, retry_timeout.to_string()));
+                out.push((
+                    env::MAXIMUM_LAG_ON_FAILOVER,
+                    maximum_lag_on_failover.to_string(),
+                ));
+                out.push((env::SYNCHRONOUS_MODE, synchronous_mode.as_str().into()));
+                if let Some(citus) = citus {
+                    out.push((env::CITUS_GROUP, citus.group.to_string()));
+                    out.push((env::CITUS_DATABASE, citus.database.clone()));
+                }
+            }
+            Role::Etcd {
+                initial_cluster,
+                client_port,
+                peer_port,
+            } => {
+                let cluster = initial_cluster
+                    .iter()
+                    .map(|p| format!("{}={}", p.name, p.peer_url))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                out.push((env::ETCD_INITIAL_CLUSTER, cluster));
+                out.push((env::ETCD_CLIENT_PORT, client_port.to_string()));
+                out.push((env::ETCD_PEER_PORT, peer_port.to_string()));
+            }
+            Role::Router {
+                members,
+                worker_members,
+                pg_port,
+                rest_port,
+                rw_port,
+                ro_port,
+                worker_port,
+                check_interval_ms,
+                fall,
+                rise,
+            } => {
+                out.push((env::ROUTER_MEMBERS, join(members)));
+                if !worker_members.is_empty() {
+                    out.push((env::ROUTER_WORKER_MEMBERS, join(worker_members)));
+                }
+                out.push((env::PG_PORT, pg_port.to_string()));
+                out.push((env::REST_PORT, rest_port.to_string()));
+                out.push((env::ROUTER_RW_PORT, rw_port.to_string()));
+                out.push((env::ROUTER_RO_PORT, ro_port.to_string()));
+                if let Some(port) = worker_port {
+                    out.push((env::ROUTER_WORKER_PORT, port.to_string()));
+                }
+                out.push((env::ROUTER_CHECK_INTERVAL_MS, check_interval_ms.to_string()));
+                out.push((env::ROUTER_FALL, fall.to_string()));
+                out.push((env::ROUTER_RISE, rise.to_string()));
+            }
+            Role::Pooler {
+                target,
+                port,
+                pool_mode,
+                pool_size,
+                max_client_conn,
+            } => {
+                out.push((env::POOLER_TARGET_HOST, target.host.clone()));
+                out.push((env::POOLER_TARGET_PORT, target.port.to_string()));
+                out.push((env::POOLER_PORT, port.to_string()));
+                out.push((env::POOL_MODE, pool_mode.as_str().into()));
+                out.push((env::POOL_SIZE, pool_size.to_string()));
+                out.push((env::MAX_CLIENT_CONN, max_client_conn.to_string()));
+            }
+        }
+        out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// Reads the contract from the process environment.
+    pub fn from_process_env() -> Result<Self, ContractError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the contract through `lookup` (a variable name to its value).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ContractError> {
+        let r = Reader { lookup: &lookup };
+        let mode: Mode = r
+            .get(env::MODE)
+            .ok_or(ContractError::Missing {
+                var: env::MODE,
+                mode: "any".into(),
+            })?
+            .parse()?;
+        let r = Reader { lookup: &lookup };
+        let m = mode.as_str();
+        let mut secret_files = BTreeMap::new();
+        for secret in Secret::ALL {
+            if let Some(path) = r.get(secret.env_var()) {
+                secret_files.insert(secret, path);
+            }
+        }
+        let common = Common {
+            cluster: r.required(env::CLUSTER, m)?,
+            member: r.required(env::MEMBER, m)?,
+            data_root: r.get(env::DATA_ROOT).unwrap_or(defaults::DATA_ROOT.into()),
+            run_dir: r.get(env::RUN_DIR).unwrap_or(defaults::RUN_DIR.into()),
+            log_json: match r.get(env::LOG_FORMAT).as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(ContractError::Invalid {
+                        var: env::LOG_FORMAT,
+                        value: other.into(),
+                        expected: "text or json".into(),
+                    })
+                }
+            },
+            superuser: r.get(env::SUPERUSER).unwrap_or(defaults::SUPERUSER.into()),
+            replication_user: r
+                .get(env::REPLICATION_USER)
+                .unwrap_or(defaults::REPLICATION_USER.into()),
+            rest_user: r.get(env::REST_USER).unwrap_or(defaults::REST_USER.into()),
+            secret_files,
+            wait_timeout_secs: r.parsed(env::WAIT_TIMEOUT, defaults::WAIT_TIMEOUT_SECS)?,
+        };
+        let postgres = || -> Result<Postgres, ContractError> {
+            let parameters = match r.get(env::PG_PARAMETERS) {
+                None => BTreeMap::new(),
+                Some(json) => serde_json::from_str(&json).map_err(|e| ContractError::Invalid {
+                    var: env::PG_PARAMETERS,
+                    value: json.clone(),
+                    expected: format!("a JSON object of strings ({e})"),
+                })?,
+            };
+            Ok(Postgres {
+                port: r.parsed(env::PG_PORT, defaults::PG_PORT)?,
+                listen_address: r
+                    .get(env::LISTEN_ADDRESS)
+                    .unwrap_or(defaults::LISTEN_ADDRESS.into()),
+                connect_host: r.get(env::CONNECT_HOST),
+                bin_dir: r.get(env::PG_BIN_DIR),
+                parameters,
+                allowed_cidrs: r.list(env::ALLOWED_CIDRS),
+            })
+        };
+        let role = match mode {
+            Mode::Primary => Role::Primary {
+                postgres: postgres()?,
+                replica_slots: r.list(env::REPLICA_SLOTS),
+                init_sql_dir: r.get(env::INIT_SQL_DIR),
+            },
+            Mode::Replica => Role::Replica {
+                postgres: postgres()?,
+                primary: Endpoint {
+                    host: r.required(env::PRIMARY_HOST, m)?,
+                    port: r.parsed(env::PRIMARY_PORT, defaults::PG_PORT)?,
+                },
+                slot: r.required(env::SLOT, m)?,
+            },
+            Mode::Patroni => {
+                let etcd_hosts = r
+                    .list(env::ETCD_HOSTS)
+                    .iter()
+                    .map(|s| Endpoint::parse(env::ETCD_HOSTS, s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if etcd_hosts.is_empty() {
+                    return Err(ContractError::Missing {
+                        var: env::ETCD_HOSTS,
+                        mode: m.into(),
+                    });
+                }
+                let citus = match r.get(env::CITUS_GROUP) {
+                    None => None,
+                    Some(_) => Some(Citus {
+                        group: r.parsed(env::CITUS_GROUP, 0)?,
+                        database: r
+                            .get(env::CITUS_DATABASE)
+                            .unwrap_or(defaults::CITUS_DATABASE.into()),
+                    }),
+                };
+                Role::Patroni {
+                    postgres: postgres()?,
+                    etcd_hosts,
+                    rest_port: r.parsed(env::REST_PORT, defaults::REST_PORT)?,
+                    ttl: r.parsed(env::TTL, defaults::TTL)?,
+                    loop_wait: r.parsed(env::LOOP_WAIT, defaults::LOOP_WAIT)?,
+                    retry_timeout: r.parsed(env::RETRY_TIMEOUT, defaults::RETRY_TIMEOUT)?,
+                    maximum_lag_on_failover: r.parsed(
+                        env::MAXIMUM_LAG_ON_FAILOVER,
+                        defaults::MAXIMUM_LAG_ON_FAILOVER,
+                    )?,
+                    synchronous_mode: match r.get(env::SYNCHRONOUS_MODE) {
+                        None => SynchronousMode::Off,
+                        Some(s) => s.parse()?,
+                    },
+                    citus,
+                }
+            }
+            Mode::Etcd => {
+                let raw = r.required(env::ETCD_INITIAL_CLUSTER, m)?;
+                let initial_cluster = raw
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|item| {
+                        item.trim()
+                            .split_once('=')
+                            .map(|(name, url)| EtcdPeer {
+                                name: name.to_string(),
+                                peer_url: url.to_string(),
+                            })
+                            .ok_or_else(|| ContractError::Invalid {
+                                var: env::ETCD_INITIAL_CLUSTER,
+                                value: raw.clone(),
+                                expected: "name=http://host:port, comma separated".into(),
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Role::Etcd {
+                    initial_cluster,
+                    client_port: r.parsed(env::ETCD_CLIENT_PORT, defaults::ETCD_CLIENT_PORT)?,
+                    peer_port: r.parsed(env::ETCD_PEER_PORT, defaults::ETCD_PEER_PORT)?,
+                }
+            }
+            Mode::Router => {
+                let members = r.list(env::ROUTER_MEMBERS);
+                if members.is_empty() {
+                    return Err(ContractError::Missing {
+                        var: env::ROUTER_MEMBERS,
+                        mode: m.into(),
+                    });
+                }
+                Role::Router {
+                    members,
+                    worker_members: r.list(env::ROUTER_WORKER_MEMBERS),
+                    pg_port: r.parsed(env::PG_PORT, defaults::PG_PORT)?,
+                    rest_port: r.parsed(env::REST_PORT, defaults::REST_PORT)?,
+                    rw_port: r.parsed(env::ROUTER_RW_PORT, defaults::ROUTER_RW_PORT)?,
+                    ro_port: r.parsed(env::ROUTER_RO_PORT, defaults::ROUTER_RO_PORT)?,
+                    worker_port: match r.get(env::ROUTER_WORKER_PORT) {
+                        None => None,
+                        Some(_) => Some(r.parsed(env::ROUTER_WORKER_PORT, 0)?),
+                    },
+                    check_interval_ms: r.parsed(
+                        env::ROUTER_CHECK_INTERVAL_MS,
+                        defaults::ROUTER_CHECK_INTERVAL_MS,
+                    )?,
+                    fall: r.parsed(env::ROUTER_FALL, defaults::ROUTER_FALL)?,
+                    rise: r.parsed(env::ROUTER_RISE, defaults::ROUTER_RISE)?,
+                }
+            }
+            Mode::Pooler => Role::Pooler {
+                target: Endpoint {
+                    host: r.required(env::POOLER_TARGET_HOST, m)?,
+                    port: r.parsed(env::POOLER_TARGET_PORT, defaults::ROUTER_RW_PORT)?,
+                },
+                port: r.parsed(env::POOLER_PORT, defaults::POOLER_PORT)?,
+                pool_mode: match r.get(env::POOL_MODE) {
+                    None => PoolMode::Transaction,
+                    Some(s) => s.parse()?,
+                },
+                pool_size: r.parsed(env::POOL_SIZE, defaults::POOL_SIZE)?,
+                max_client_conn: r.parsed(env::MAX_CLIENT_CONN, defaults::MAX_CLIENT_CONN)?,
+            },
+        };
+        Ok(MemberEnv { common, role })
+    }
+}
+
+struct Reader<'a, F: Fn(&str) -> Option<String>> {
+    lookup: &'a F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.lookup)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, var: &'static str, mode: &str) -> Result<String, ContractError> {
+        self.get(var).ok_or(ContractError::Missing {
+            var,
+            mode: mode.to_string(),
+        })
+    }
+
+    fn list(&self, var: &str) -> Vec<String> {
+        self.get(var)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn parsed<T: FromStr>(&self, var: &'static str, default: T) -> Result<T, ContractError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| ContractError::Invalid {
+                var,
+                value: v.clone(),
+                expected: format!("a number ({})", std::any::type_name::<T>()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn round_trip(member: &MemberEnv) -> MemberEnv {
+        let vars: HashMap<String, String> = member.to_env().into_iter().collect();
+        MemberEnv::from_lookup(|k| vars.get(k).cloned()).expect("round trip")
+    }
+
+    fn patroni() -> MemberEnv {
+        let mut postgres = Postgres::default();
+        postgres
+            .parameters
+            .insert("shared_preload_libraries".into(), "a,b".into());
+        postgres.allowed_cidrs = vec!["10.0.0.0/24".into()];
+        MemberEnv {
+            common: Common::new("demo", "pg1"),
+            role: Role::Patroni {
+                postgres,
+                etcd_hosts: vec![Endpoint {
+                    host: "etcd1".into(),
+                    port: 2379,
+                }],
+                rest_port: 8008,
+                ttl: 20,
+                loop_wait: 5,
+                retry_timeout: 5,
+                maximum_lag_on_failover: 1024,
+                synchronous_mode: SynchronousMode::On,
+                citus: Some(Citus {
+                    group: 2,
+                    database: "citus".into(),
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn every_role_round_trips_through_the_environment() {
+        let mut common = Common::new("demo", "m");
+        common.data_root = "/tmp/x".into();
+        common
+            .secret_files
+            .insert(Secret::SuperuserPassword, "/s/p".into());
+        let roles = vec![
+            Role::Primary {
+                postgres: Postgres::default(),
+                replica_slots: vec!["r1".into(), "r2".into()],
+                init_sql_dir: Some("/init".into()),
+            },
+            Role::Replica {
+                postgres: Postgres::default(),
+                primary: Endpoint {
+                    host: "p".into(),
+                    port: 5433,
+                },
+                slot: "r1".into(),
+            },
+            patroni().role,
+            Role::Etcd {
+                initial_cluster: vec![EtcdPeer {
+                    name: "etcd1".into(),
+                    peer_url: "http://etcd1:2380".into(),
+                }],
+                client_port: 2379,
+                peer_port: 2380,
+            },
+            Role::Router {
+                members: vec!["pg1".into(), "pg2".into()],
+                worker_members: vec!["w1".into()],
+                pg_port: 5432,
+                rest_port: 8008,
+                rw_port: 5000,
+                ro_port: 5001,
+                worker_port: Some(5002),
+                check_interval_ms: 1000,
+                fall: 2,
+                rise: 1,
+            },
+            Role::Pooler {
+                target: Endpoint {
+                    host: "router".into(),
+                    port: 5000,
+                },
+                port: 6432,
+                pool_mode: PoolMode::Session,
+                pool_size: 7,
+                max_client_conn: 70,
+            },
+        ];
+        for role in roles {
+            let member = MemberEnv {
+                common: common.clone(),
+                role,
+            };
+            assert_eq!(round_trip(&member), member);
+        }
+    }
+
+    #[test]
+    fn no_secret_value_is_part_of_the_environment() {
+        let env = patroni().to_env();
+        assert!(env.iter().all(|(k, _)| !k.ends_with("PASSWORD")));
+    }
+
+    #[test]
+    fn missing_and_invalid_variables_are_named() {
+        let err = MemberEnv::from_lookup(|_| None).unwrap_err();
+        assert!(err.to_string().contains("PGSWARM_MODE"));
+        let err = MemberEnv::from_lookup(|k| (k == env::MODE).then(|| "bogus".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus") && err.contains("primary"), "{err}");
+        let vars: HashMap<&str, &str> = [
+            (env::MODE, "replica"),
+            (env::CLUSTER, "c"),
+            (env::MEMBER, "m"),
+        ]
+        .into();
+        let err = MemberEnv::from_lookup(|k| vars.get(k).map(|s| s.to_string())).unwrap_err();
+        assert_eq!(
+            err,
+            ContractError::Missing {
+                var: env::PRIMARY_HOST,
+                mode: "replica".into()
+            }
+        );
+    }
+}
