@@ -1,0 +1,110 @@
+# The pgswarm image: Debian trixie with Debian's PostgreSQL 17, Patroni, etcd, HAProxy and
+# PgBouncer, plus `pgswarm-sidecar` (the entrypoint of every service of a pgswarm stack) and
+# `swarmctl`.
+#
+# Build (the binaries are built on the host first; any glibc >= 2.36 build works):
+#   cargo build --release -p swarmctl -p pgswarm-sidecar
+#   docker build -t pgswarm:dev .
+# or let the image build them with Debian's Rust toolchain (slower, no host toolchain needed):
+#   docker build --build-arg PGSWARM_BINARIES=source -t pgswarm:dev .
+# scripts/build-image.sh does the first form, and also builds the base image from Debian
+# packages when no registry can provide debian:trixie-slim.
+#
+# Build arguments:
+#   BASE_IMAGE        base image (default debian:trixie-slim)
+#   PGSWARM_BINARIES  `host` (default: copy target/release/{swarmctl,pgswarm-sidecar} from the
+#                     build context) or `source` (build them inside the image build)
+#   CITUS_VERSION     e.g. `13.2`: adds the Citus extension (package postgresql-17-citus-13.2)
+#                     from the Citus project's Debian repository. Empty by default: the default
+#                     build uses Debian's archive only.
+#   CITUS_DIST        the distribution of the Citus repository to use (default trixie; set
+#                     bookworm if the repository has no trixie packages yet)
+#
+# The stages below are both built by Docker's legacy builder, so neither needs anything
+# beyond the base image.
+
+ARG BASE_IMAGE=debian:trixie-slim
+
+# Stage 1: the two Rust binaries, from the build context or built from source.
+FROM ${BASE_IMAGE} AS binaries
+ARG PGSWARM_BINARIES=host
+COPY . /src
+RUN set -eu; \
+    mkdir -p /out; \
+    case "$PGSWARM_BINARIES" in \
+      host) \
+        for bin in swarmctl pgswarm-sidecar; do \
+          if [ ! -x "/src/target/release/$bin" ]; then \
+            echo "target/release/$bin is missing from the build context: run" \
+                 "'cargo build --release -p swarmctl -p pgswarm-sidecar' first," \
+                 "or build with --build-arg PGSWARM_BINARIES=source" >&2; \
+            exit 1; \
+          fi; \
+          cp "/src/target/release/$bin" /out/; \
+        done ;; \
+      source) \
+        apt-get update; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            cargo rustc gcc libc6-dev ca-certificates; \
+        cd /src; \
+        rm -rf target; \
+        CARGO_HOME=/tmp/cargo cargo build --release --locked -p swarmctl -p pgswarm-sidecar; \
+        cp target/release/swarmctl target/release/pgswarm-sidecar /out/ ;; \
+      *) \
+        echo "PGSWARM_BINARIES must be 'host' or 'source', got '$PGSWARM_BINARIES'" >&2; \
+        exit 1 ;; \
+    esac
+
+# Stage 2: the runtime image.
+FROM ${BASE_IMAGE}
+ARG CITUS_VERSION=
+ARG CITUS_DIST=trixie
+
+# Packaged services must not start during the build; python3-etcd is listed explicitly
+# because without Recommends Debian's patroni would otherwise pull python3-consul only and
+# could not use etcd.
+RUN set -eu; \
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+    chmod +x /usr/sbin/policy-rc.d; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        ca-certificates \
+        postgresql-17 \
+        postgresql-contrib \
+        patroni \
+        python3-etcd \
+        python3-psycopg2 \
+        etcd-server \
+        haproxy \
+        pgbouncer; \
+    if [ -n "$CITUS_VERSION" ]; then \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl gnupg; \
+        curl -fsSL https://repos.citusdata.com/community/gpgkey \
+            | gpg --dearmor -o /usr/share/keyrings/citusdata-community.gpg; \
+        echo "deb [signed-by=/usr/share/keyrings/citusdata-community.gpg] https://repos.citusdata.com/community/debian/ $CITUS_DIST main" \
+            > /etc/apt/sources.list.d/citusdata-community.list; \
+        apt-get update; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            "postgresql-17-citus-$CITUS_VERSION"; \
+        apt-get purge -y --auto-remove curl gnupg; \
+    fi; \
+    rm -f /usr/sbin/policy-rc.d; \
+    apt-get clean; \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*; \
+    install -d -o postgres -g postgres -m 0700 /var/lib/pgswarm; \
+    install -d -o postgres -g postgres -m 0700 /run/pgswarm; \
+    install -d -o postgres -g postgres -m 2775 /var/run/postgresql
+
+COPY --from=binaries /out/ /usr/local/bin/
+
+# Each member's named volume is mounted at /var/lib/pgswarm: a fresh named volume takes the
+# ownership of the image's directory, so PostgreSQL and etcd can write to it as postgres.
+# (No VOLUME instruction: services without data, such as the router, get no anonymous volume.)
+USER postgres
+WORKDIR /var/lib/pgswarm
+ENV PATH=/usr/lib/postgresql/17/bin:$PATH
+
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["pgswarm-sidecar", "health"]
+ENTRYPOINT ["pgswarm-sidecar"]
+CMD ["run"]
