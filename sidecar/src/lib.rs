@@ -1,0 +1,61 @@
+//! pgswarm-sidecar: the entrypoint of every pgswarm container.
+//!
+//! It reads one member's share of the topology from the `PGSWARM_*` contract and the Docker
+//! secrets, renders the configuration, prepares the data directory, then starts and
+//! supervises the real process as PID 1. `main` does the process-level work (privileges,
+//! runtime, exit codes); [`run`] picks the mode.
+
+pub mod health;
+pub mod logging;
+pub mod postgres;
+pub mod privileges;
+pub mod replication;
+pub mod secrets;
+pub mod supervise;
+pub mod templates;
+pub mod wait;
+
+use pgswarm_contract::{MemberEnv, Role};
+
+use crate::secrets::Secrets;
+use crate::templates::Templates;
+
+/// Exit code for a bad configuration: environment, secrets, templates.
+pub const EXIT_CONFIG: i32 = 2;
+/// Exit code for any other failure of the sidecar itself.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// A configuration problem the operator must fix (exit code [`EXIT_CONFIG`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The exit code for an error: [`EXIT_CONFIG`] when any cause is a configuration problem.
+pub fn exit_code_for(err: &anyhow::Error) -> i32 {
+    let config = err.chain().any(|e| {
+        e.is::<ConfigError>()
+            || e.is::<pgswarm_contract::ContractError>()
+            || e.is::<secrets::SecretError>()
+    });
+    if config {
+        EXIT_CONFIG
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+/// Runs this member's mode to its end; returns the child's exit code.
+pub async fn run(member: MemberEnv, secrets: Secrets, templates: Templates) -> anyhow::Result<i32> {
+    match &member.role {
+        Role::Primary { .. } | Role::Replica { .. } => {
+            replication::run(&member, &secrets, templates).await
+        }
+        Role::Patroni { .. } | Role::Etcd { .. } | Role::Router { .. } | Role::Pooler { .. } => {
+            Err(ConfigError(format!(
+                "mode {} is not available in this build of pgswarm-sidecar yet",
+                member.mode()
+            ))
+            .into())
+        }
+    }
+}
