@@ -85,7 +85,7 @@ where
             secs_left = left.as_secs(),
             retry_in_ms = pause.as_millis() as u64,
             error = %error,
-            "waiting for {what} ({} s left): {error}",
+            "waiting for {what} ({} s left)",
             left.as_secs()
         );
         tokio::select! {
