@@ -1,0 +1,589 @@
+//! The Swarm stack file (compose format 3.8, as `docker stack deploy` reads it), rendered from a
+//! validated [`Cluster`] through typed serde structures.
+//!
+//! Choices that hold for every stack live here: the healthcheck through
+//! `pgswarm-sidecar health`, grace periods long enough for a clean shutdown, restart and update
+//! policies suited to databases (one at a time, stop before start where a volume or a host
+//! port is involved), TCP keepalives below the 900 s IPVS idle timeout, DNS round robin for
+//! members (they address each other by service name), and external Docker secrets only.
+
+mod emit;
+
+use crate::keepalive;
+use crate::placement;
+use crate::spec::{Cluster, PortMode, ResourceSet, Service, ServiceKind};
+use serde::Serialize;
+
+/// Compose file format version; 3.8 is the first with everything used here.
+pub const COMPOSE_VERSION: &str = "3.8";
+/// Key of the overlay network in the stack (Docker names it `<stack>_net`).
+pub const NETWORK: &str = "net";
+
+/// Labels on services, containers and volumes, to find a cluster's objects.
+pub mod labels {
+    /// The cluster name.
+    pub const CLUSTER: &str = "pgswarm.cluster";
+    /// The member (service) name.
+    pub const MEMBER: &str = "pgswarm.member";
+    /// The sidecar mode (`patroni`, `etcd`, ...).
+    pub const MODE: &str = "pgswarm.mode";
+    /// The Citus group of a data member.
+    pub const CITUS_GROUP: &str = "pgswarm.citus-group";
+}
+
+/// A map that keeps insertion order when serialized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderedMap<V>(pub Vec<(String, V)>);
+
+impl<V> Default for OrderedMap<V> {
+    fn default() -> Self {
+        OrderedMap(Vec::new())
+    }
+}
+
+impl<V> OrderedMap<V> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn insert(&mut self, key: impl Into<String>, value: V) {
+        self.0.push((key.into(), value));
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+impl<V: Serialize> Serialize for OrderedMap<V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// The whole stack file.
+#[derive(Debug, Clone, Serialize)]
+pub struct StackFile {
+    pub version: String,
+    pub services: OrderedMap<ComposeService>,
+    pub networks: OrderedMap<ComposeNetwork>,
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub volumes: OrderedMap<ComposeVolume>,
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub secrets: OrderedMap<ComposeSecret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComposeService {
+    pub image: String,
+    pub environment: OrderedMap<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretMount>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    pub networks: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    pub healthcheck: Healthcheck,
+    pub stop_grace_period: String,
+    pub sysctls: OrderedMap<String>,
+    pub labels: OrderedMap<String>,
+    pub deploy: Deploy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretMount {
+    pub source: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeMount {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Port {
+    pub target: u16,
+    pub published: u16,
+    pub protocol: String,
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Healthcheck {
+    pub test: Vec<String>,
+    pub interval: String,
+    pub timeout: String,
+    pub retries: u32,
+    pub start_period: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Deploy {
+    pub replicas: u32,
+    pub endpoint_mode: String,
+    pub labels: OrderedMap<String>,
+    pub placement: PlacementSpec,
+    #[serde(skip_serializing_if = "ComposeResources::is_empty")]
+    pub resources: ComposeResources,
+    pub restart_policy: RestartPolicy,
+    pub update_config: UpdateConfig,
+    pub rollback_config: UpdateConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementSpec {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<Spread>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    pub spread: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ComposeResources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceValues>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<ResourceValues>,
+}
+
+impl ComposeResources {
+    pub fn is_empty(&self) -> bool {
+        self.limits.is_none() && self.reservations.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceValues {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartPolicy {
+    pub condition: String,
+    pub delay: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateConfig {
+    pub parallelism: u32,
+    pub delay: String,
+    pub order: String,
+    pub failure_action: String,
+    pub monitor: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComposeNetwork {
+    pub driver: String,
+    pub attachable: bool,
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub driver_opts: OrderedMap<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
+    pub labels: OrderedMap<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ipam {
+    pub config: Vec<IpamConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IpamConfig {
+    pub subnet: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComposeVolume {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(skip_serializing_if = "OrderedMap::is_empty")]
+    pub driver_opts: OrderedMap<String>,
+    pub labels: OrderedMap<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComposeSecret {
+    pub external: bool,
+}
+
+/// Timing of a kind of service.
+struct Timing {
+    interval: &'static str,
+    timeout: &'static str,
+    retries: u32,
+    /// Failed checks during this time do not count: a replica's first clone takes a while.
+    start_period: &'static str,
+    /// Long enough for a clean fast shutdown, so Patroni hands over the leader key instead of
+    /// leaving it to expire.
+    stop_grace_period: &'static str,
+}
+
+fn timing(kind: ServiceKind) -> Timing {
+    match kind {
+        ServiceKind::Data { .. } => Timing {
+            interval: "10s",
+            timeout: "5s",
+            retries: 3,
+            start_period: "120s",
+            stop_grace_period: "60s",
+        },
+        ServiceKind::Etcd => Timing {
+            interval: "10s",
+            timeout: "5s",
+            retries: 3,
+            start_period: "60s",
+            stop_grace_period: "30s",
+        },
+        ServiceKind::Router | ServiceKind::Pooler => Timing {
+            interval: "5s",
+            timeout: "3s",
+            retries: 3,
+            start_period: "30s",
+            stop_grace_period: "30s",
+        },
+    }
+}
+
+/// Renders the stack of `cluster`.
+pub fn render_stack(cluster: &Cluster) -> StackFile {
+    let mut services = OrderedMap::default();
+    let mut volumes = OrderedMap::default();
+    for service in &cluster.services {
+        services.insert(service.name.clone(), compose_service(cluster, service));
+        if let Some(volume) = &service.volume {
+            volumes.insert(
+                volume.clone(),
+                ComposeVolume {
+                    driver: cluster.volumes.driver.clone(),
+                    driver_opts: OrderedMap(
+                        cluster
+                            .volumes
+                            .driver_opts
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ),
+                    labels: OrderedMap(vec![
+                        (labels::CLUSTER.into(), cluster.name.clone()),
+                        (labels::MEMBER.into(), service.name.clone()),
+                    ]),
+                },
+            );
+        }
+    }
+    let mut driver_opts = OrderedMap::default();
+    if cluster.network.encrypted {
+        driver_opts.insert("encrypted", "true".to_string());
+    }
+    let network = ComposeNetwork {
+        driver: "overlay".into(),
+        attachable: true,
+        driver_opts,
+        ipam: cluster.network.subnet.as_ref().map(|subnet| Ipam {
+            config: vec![IpamConfig {
+                subnet: subnet.clone(),
+            }],
+        }),
+        labels: OrderedMap(vec![(labels::CLUSTER.into(), cluster.name.clone())]),
+    };
+    let mut secrets = OrderedMap::default();
+    for secret in cluster.secrets() {
+        secrets.insert(
+            secret.docker_name(&cluster.name),
+            ComposeSecret { external: true },
+        );
+    }
+    StackFile {
+        version: COMPOSE_VERSION.into(),
+        services,
+        networks: OrderedMap(vec![(NETWORK.into(), network)]),
+        volumes,
+        secrets,
+    }
+}
+
+fn compose_service(cluster: &Cluster, service: &Service) -> ComposeService {
+    let t = timing(service.kind);
+    let mut service_labels = OrderedMap(vec![
+        (labels::CLUSTER.to_string(), cluster.name.clone()),
+        (labels::MEMBER.to_string(), service.name.clone()),
+        (labels::MODE.to_string(), service.mode().to_string()),
+    ]);
+    if let ServiceKind::Data { group: Some(g) } = service.kind {
+        service_labels.insert(labels::CITUS_GROUP, g.to_string());
+    }
+    // A volume must never be used by two tasks at once, and a host port cannot be bound twice
+    // on one node: stop the old task first. Stateless services behind the mesh start first.
+    let stop_first =
+        service.is_stateful() || service.ports.iter().any(|p| p.mode == PortMode::Host);
+    let order = if stop_first {
+        "stop-first"
+    } else {
+        "start-first"
+    };
+    let update = UpdateConfig {
+        parallelism: 1,
+        delay: "10s".into(),
+        order: order.into(),
+        failure_action: "pause".into(),
+        monitor: "60s".into(),
+    };
+    ComposeService {
+        image: cluster.image.clone(),
+        environment: OrderedMap(service.env.to_env()),
+        secrets: service
+            .secrets()
+            .into_iter()
+            .map(|s| SecretMount {
+                source: s.docker_name(&cluster.name),
+                target: s.file_name().into(),
+            })
+            .collect(),
+        volumes: service
+            .volume
+            .iter()
+            .map(|v| VolumeMount {
+                kind: "volume".into(),
+                source: v.clone(),
+                target: pgswarm_contract::defaults::DATA_ROOT.into(),
+            })
+            .collect(),
+        networks: vec![NETWORK.into()],
+        ports: service
+            .ports
+            .iter()
+            .map(|p| Port {
+                target: p.port,
+                published: p.port,
+                protocol: "tcp".into(),
+                mode: p.mode.as_str().into(),
+            })
+            .collect(),
+        healthcheck: Healthcheck {
+            test: ["CMD", "pgswarm-sidecar", "health"]
+                .map(String::from)
+                .to_vec(),
+            interval: t.interval.into(),
+            timeout: t.timeout.into(),
+            retries: t.retries,
+            start_period: t.start_period.into(),
+        },
+        stop_grace_period: t.stop_grace_period.into(),
+        sysctls: OrderedMap(vec![
+            (
+                "net.ipv4.tcp_keepalive_time".into(),
+                keepalive::IDLE_SECS.to_string(),
+            ),
+            (
+                "net.ipv4.tcp_keepalive_intvl".into(),
+                keepalive::INTERVAL_SECS.to_string(),
+            ),
+            (
+                "net.ipv4.tcp_keepalive_probes".into(),
+                keepalive::COUNT.to_string(),
+            ),
+        ]),
+        labels: service_labels.clone(),
+        deploy: Deploy {
+            replicas: service.replicas,
+            // Members are addressed by service name and must resolve to the task itself; the
+            // router and pooler sit behind a VIP so published ports go through the mesh.
+            endpoint_mode: if service.is_stateful() {
+                "dnsrr"
+            } else {
+                "vip"
+            }
+            .into(),
+            labels: service_labels,
+            placement: PlacementSpec {
+                constraints: service.placement.all_constraints(),
+                preferences: service
+                    .placement
+                    .spread
+                    .iter()
+                    .map(|zone| Spread {
+                        spread: placement::spread_target(zone),
+                    })
+                    .collect(),
+            },
+            resources: ComposeResources {
+                limits: resource_values(&service.resources.limits),
+                reservations: resource_values(&service.resources.reservations),
+            },
+            restart_policy: RestartPolicy {
+                condition: "any".into(),
+                delay: "5s".into(),
+            },
+            update_config: update.clone(),
+            rollback_config: update,
+        },
+    }
+}
+
+fn resource_values(set: &ResourceSet) -> Option<ResourceValues> {
+    (!set.is_empty()).then(|| ResourceValues {
+        cpus: set.cpus.clone(),
+        memory: set.memory.clone(),
+    })
+}
+
+/// The stack file as YAML, with a header saying what it needs before deployment.
+pub fn stack_yaml(cluster: &Cluster) -> Result<String, serde_yaml::Error> {
+    let value = serde_yaml::to_value(render_stack(cluster))?;
+    Ok(format!("{}{}", header(cluster), emit::to_yaml(&value)))
+}
+
+fn header(cluster: &Cluster) -> String {
+    let name = &cluster.name;
+    let mut h = format!(
+        "# pgswarm stack of cluster `{name}` (topology {}), generated by `swarmctl generate`.\n\
+         # Regenerate it from the spec rather than editing it.\n#\n\
+         # Deploy: docker stack deploy -c THIS_FILE {name}   (or: swarmctl deploy -f SPEC)\n",
+        cluster.topology
+    );
+    let secrets = cluster.secrets();
+    if !secrets.is_empty() {
+        h.push_str("# It needs these Docker secrets (swarmctl deploy creates missing ones):\n");
+        for s in &secrets {
+            h.push_str(&format!(
+                "#   tr -dc A-Za-z0-9 </dev/urandom | head -c 32 | docker secret create {} -\n",
+                s.docker_name(name)
+            ));
+        }
+    }
+    let labelled: Vec<String> = cluster
+        .labelled_members()
+        .filter_map(|s| s.placement.member_label.clone())
+        .collect();
+    let user_labels: Vec<String> = {
+        let mut v: Vec<String> = cluster
+            .services
+            .iter()
+            .flat_map(|s| s.placement.labels.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    if !labelled.is_empty() || !user_labels.is_empty() {
+        h.push_str("# and node labels placing the members (swarmctl label-nodes sets them):\n");
+        for key in labelled {
+            h.push_str(&format!(
+                "#   docker node update --label-add {key}={} NODE\n",
+                placement::MEMBER_LABEL_VALUE
+            ));
+        }
+        for label in user_labels {
+            h.push_str(&format!(
+                "#   docker node update --label-add {label} NODE\n"
+            ));
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec;
+
+    fn stack(text: &str) -> serde_yaml::Value {
+        let v = spec::parse(text).expect("valid spec");
+        let yaml = stack_yaml(&v.cluster).expect("renders");
+        serde_yaml::from_str(&yaml).expect("stack is YAML")
+    }
+
+    #[test]
+    fn members_use_dnsrr_volumes_and_stop_first() {
+        let s = stack("name: demo\ntopology: patroni\n");
+        let pg1 = &s["services"]["pg1"];
+        assert_eq!(pg1["deploy"]["endpoint_mode"], "dnsrr");
+        assert_eq!(pg1["deploy"]["replicas"], 1);
+        assert_eq!(pg1["deploy"]["update_config"]["order"], "stop-first");
+        assert_eq!(pg1["volumes"][0]["source"], "pg1-data");
+        assert_eq!(pg1["volumes"][0]["target"], "/var/lib/pgswarm");
+        assert_eq!(
+            pg1["deploy"]["placement"]["constraints"][0],
+            "node.labels.pgswarm.demo.pg1 == true"
+        );
+        let router = &s["services"]["router"];
+        assert_eq!(router["deploy"]["endpoint_mode"], "vip");
+        assert_eq!(router["deploy"]["update_config"]["order"], "start-first");
+        assert!(router.get("volumes").is_none());
+        assert!(router["deploy"]["placement"].get("constraints").is_none());
+    }
+
+    #[test]
+    fn secrets_are_external_and_mounted_by_need() {
+        let s = stack("name: demo\ntopology: patroni\n");
+        for name in [
+            "demo_superuser_password",
+            "demo_replication_password",
+            "demo_rest_password",
+        ] {
+            assert_eq!(s["secrets"][name]["external"], true, "{name}");
+        }
+        assert!(s["services"]["etcd1"].get("secrets").is_none());
+        let pooler_secrets = s["services"]["pooler"]["secrets"]
+            .as_sequence()
+            .expect("pooler secrets");
+        assert_eq!(pooler_secrets.len(), 1);
+        assert_eq!(pooler_secrets[0]["target"], "superuser_password");
+    }
+
+    #[test]
+    fn network_is_encrypted_and_attachable_unless_turned_off() {
+        let s = stack("name: demo\ntopology: patroni\nnetwork: {subnet: 10.9.0.0/24}\n");
+        let net = &s["networks"]["net"];
+        assert_eq!(net["driver"], "overlay");
+        assert_eq!(net["attachable"], true);
+        assert_eq!(net["driver_opts"]["encrypted"], "true");
+        assert_eq!(net["ipam"]["config"][0]["subnet"], "10.9.0.0/24");
+        assert_eq!(
+            s["services"]["pg1"]["environment"]["PGSWARM_ALLOWED_CIDRS"],
+            "10.9.0.0/24"
+        );
+        let s = stack("name: demo\ntopology: patroni\nnetwork: {encrypted: false}\n");
+        assert!(s["networks"]["net"].get("driver_opts").is_none());
+        assert!(s["services"]["pg1"]["environment"]
+            .get("PGSWARM_ALLOWED_CIDRS")
+            .is_none());
+    }
+
+    #[test]
+    fn keepalives_are_below_the_ipvs_idle_timeout() {
+        let s = stack("name: demo\ntopology: replication\n");
+        let primary = &s["services"]["primary"];
+        let time: u32 = primary["sysctls"]["net.ipv4.tcp_keepalive_time"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("keepalive time");
+        assert!(time < 900);
+        let params = primary["environment"]["PGSWARM_PG_PARAMETERS"]
+            .as_str()
+            .expect("parameters");
+        assert!(
+            params.contains("\"tcp_keepalives_idle\":\"300\""),
+            "{params}"
+        );
+    }
+}
