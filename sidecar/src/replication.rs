@@ -145,7 +145,11 @@ async fn run_primary(
         }
         result = setup => match result {
             Ok(()) => info!(slots = ?slots, "primary ready"),
-            Err(e) if e.is::<Interrupted>() => return exited.await,
+            // Asked to stop midway: the failure is the stop's doing, postgres' code tells.
+            Err(e) if e.is::<Interrupted>() || supervise::stop_requested() => {
+                tracing::debug!(error = %format!("{e:#}"), "setup ended by the stop request");
+                return exited.await;
+            }
             Err(e) => {
                 handle.request_stop();
                 let code = exited.await?;
