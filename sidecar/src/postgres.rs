@@ -468,18 +468,14 @@ impl Server {
         connect(&self.local_config(dbname), &what).await
     }
 
-    /// Waits until the local server accepts connections.
+    /// Waits until the local server accepts connections. No deadline: crash recovery of a
+    /// large cluster may take long, and the caller also watches the postgres process itself.
     pub async fn wait_accepting(&self) -> anyhow::Result<Client> {
         let what = format!(
             "local postgres to accept connections (port {})",
             self.pg.port
         );
-        crate::wait::wait_for(
-            &what,
-            Duration::from_secs(self.common.wait_timeout_secs),
-            || self.connect_local("postgres"),
-        )
-        .await
+        crate::wait::wait_for(&what, Duration::MAX, || self.connect_local("postgres")).await
     }
 
     /// The system identifier written in the data directory's control file.

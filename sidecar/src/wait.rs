@@ -32,14 +32,17 @@ pub struct WaitTimeout {
 }
 
 /// Calls `attempt` until it succeeds, pausing 0.25 s, 0.5 s, 1 s ... (at most 10 s) between
-/// tries, for at most `timeout`.
+/// tries, for at most `timeout` ([`Duration::MAX`]: until it succeeds or a stop request).
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
     let start = Instant::now();
-    let deadline = start + timeout;
+    // Far enough to be "never" when the timeout is unbounded.
+    let deadline = start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600));
     let mut delay = FIRST_DELAY;
     let mut attempts = 0u32;
     loop {
@@ -79,14 +82,17 @@ where
             .into());
         }
         let pause = delay.min(left);
+        let left_text = if timeout == Duration::MAX {
+            "no deadline".to_string()
+        } else {
+            format!("{} s left", left.as_secs())
+        };
         info!(
             waiting_for = what,
             attempt = attempts,
-            secs_left = left.as_secs(),
             retry_in_ms = pause.as_millis() as u64,
             error = %error,
-            "waiting for {what} ({} s left)",
-            left.as_secs()
+            "waiting for {what} ({left_text})"
         );
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
