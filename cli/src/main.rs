@@ -194,7 +194,13 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
         file_name.to_string_lossy(),
         std::process::id()
     ));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::write(&tmp, text).with_context(|| {
+        format!(
+            "cannot write {} (through the temporary file {})",
+            path.display(),
+            tmp.display()
+        )
+    })?;
     std::fs::rename(&tmp, path).with_context(|| {
         let _ = std::fs::remove_file(&tmp);
         format!("cannot write {}", path.display())

@@ -132,6 +132,7 @@ pub struct Deploy {
     pub replicas: u32,
     pub endpoint_mode: String,
     pub labels: OrderedMap<String>,
+    #[serde(skip_serializing_if = "PlacementSpec::is_empty")]
     pub placement: PlacementSpec,
     #[serde(skip_serializing_if = "ComposeResources::is_empty")]
     pub resources: ComposeResources,
@@ -146,6 +147,12 @@ pub struct PlacementSpec {
     pub constraints: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub preferences: Vec<Spread>,
+}
+
+impl PlacementSpec {
+    pub fn is_empty(&self) -> bool {
+        self.constraints.is_empty() && self.preferences.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

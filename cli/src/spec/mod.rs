@@ -25,7 +25,12 @@ pub use validate::{
 
 /// Parses and validates a spec. Never panics, whatever `text` holds.
 pub fn parse(text: &str) -> Result<Validated, SpecError> {
-    if text.trim().is_empty() {
+    let is_empty = text.trim().is_empty()
+        || matches!(
+            serde_yaml::from_str::<serde_yaml::Value>(text),
+            Ok(serde_yaml::Value::Null)
+        );
+    if is_empty {
         return Err(single(
             Rule::Yaml,
             None,

@@ -298,13 +298,23 @@ fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
     check_names(ctx, &raw.name, &drafts, router_enabled, pooler_enabled);
 
     let mut services: Vec<Service> = Vec::new();
-    let mut port_paths: BTreeMap<String, FieldPath> = BTreeMap::new();
-    let member_resources = postgres_raw.and_then(|p| p.resources.as_ref());
+    // Where each published port was chosen, by (service, port), to locate port problems.
+    let mut port_paths: BTreeMap<(String, u16), FieldPath> = BTreeMap::new();
+    let member_resources = check_resources(
+        ctx,
+        postgres_raw.and_then(|p| p.resources.as_ref()),
+        &pg_path.key("resources"),
+    );
     let primary = plan.members.first().map(|(d, _)| d.name.clone());
     for (draft, role) in plan.members {
-        let resources = member_resources_of(ctx, &draft, member_resources, &pg_path);
+        let resources = own_resources(ctx, &draft, &member_resources);
         let ports = data_member_ports(ctx, &draft);
-        port_paths.insert(draft.name.clone(), draft.path.key("publish").key("port"));
+        for p in &ports {
+            port_paths.insert(
+                (draft.name.clone(), p.port),
+                draft.path.key("publish").key("port"),
+            );
+        }
         services.push(Service {
             name: draft.name.clone(),
             kind: ServiceKind::Data { group: draft.group },
@@ -319,8 +329,11 @@ fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
             volume: Some(volume_name(&draft.name)),
         });
     }
-    let etcd_path = root.key("etcd");
-    let etcd_resources = raw.etcd.as_ref().and_then(|e| e.resources.as_ref());
+    let etcd_resources = check_resources(
+        ctx,
+        raw.etcd.as_ref().and_then(|e| e.resources.as_ref()),
+        &root.key("etcd").key("resources"),
+    );
     let initial_cluster: Vec<EtcdPeer> = etcd
         .iter()
         .map(|d| EtcdPeer {
@@ -350,7 +363,7 @@ fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
             },
             placement: member_placement(ctx, &shared, draft),
             ports: Vec::new(),
-            resources: member_resources_of(ctx, draft, etcd_resources, &etcd_path),
+            resources: own_resources(ctx, draft, &etcd_resources),
             replicas: 1,
             volume: Some(volume_name(&draft.name)),
         });
@@ -358,7 +371,24 @@ fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
     let router = raw.router.clone().unwrap_or_default();
     let router_rw = router.rw_port.unwrap_or(defaults::ROUTER_RW_PORT);
     if router_enabled {
-        port_paths.insert(ROUTER_SERVICE.into(), root.key("router"));
+        let rpath = root.key("router");
+        for (field, port) in [
+            (
+                "rw_port",
+                Some(router.rw_port.unwrap_or(defaults::ROUTER_RW_PORT)),
+            ),
+            (
+                "ro_port",
+                Some(router.ro_port.unwrap_or(defaults::ROUTER_RO_PORT)),
+            ),
+            ("worker_port", router.worker_port),
+        ] {
+            let Some(port) = port else { continue };
+            // Earlier fields win when two share a port, so the later one is reported.
+            port_paths
+                .entry((ROUTER_SERVICE.into(), port))
+                .or_insert_with(|| rpath.key(field));
+        }
         services.push(router_service(
             ctx,
             &shared,
@@ -373,7 +403,7 @@ fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
         if uses_patroni && !router_enabled {
             ctx.report(
                 Rule::RouterRequired,
-                &root.key("pooler"),
+                &root.key("router").key("enabled"),
                 "the pooler forwards to the router's read-write port, and the router is disabled: \
                  enable the router or set `pooler.enabled: false`",
             );
@@ -389,8 +419,14 @@ fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
                 port: defaults::PG_PORT,
             }
         };
-        port_paths.insert(POOLER_SERVICE.into(), root.key("pooler").key("port"));
         let pooler = raw.pooler.clone().unwrap_or_default();
+        port_paths.insert(
+            (
+                POOLER_SERVICE.into(),
+                pooler.port.unwrap_or(defaults::POOLER_PORT),
+            ),
+            root.key("pooler").key("port"),
+        );
         services.push(pooler_service(
             ctx,
             &shared,
@@ -468,7 +504,7 @@ fn plan_patroni(ctx: &mut Ctx, shared: &Shared, raw: &RawSpec, root: &FieldPath)
     let default_members = RawMembers::Count(3);
     let members_raw = raw.members.as_ref().unwrap_or(&default_members);
     let members = expand(ctx, members_raw, &path, |i| format!("pg{i}"), None);
-    if members.is_empty() {
+    if members_raw.count() == 0 {
         ctx.report(
             Rule::MemberCount,
             &path,
@@ -626,15 +662,11 @@ fn plan_citus(ctx: &mut Ctx, shared: &Shared, raw: &RawSpec, root: &FieldPath) -
     plan
 }
 
-fn member_resources_of(
-    ctx: &mut Ctx,
-    draft: &Draft,
-    default: Option<&RawResources>,
-    section: &FieldPath,
-) -> Resources {
+/// A member's own resources, or the section's default (already checked).
+fn own_resources(ctx: &mut Ctx, draft: &Draft, default: &Resources) -> Resources {
     match &draft.resources {
         Some(own) => check_resources(ctx, Some(own), &draft.path.key("resources")),
-        None => check_resources(ctx, default, &section.key("resources")),
+        None => default.clone(),
     }
 }
 
@@ -722,6 +754,18 @@ fn router_service(
         }
     }
     let publish = r.publish.unwrap_or(PublishMode::Ingress);
+    if publish == PublishMode::None {
+        // Published ports are checked with all others; unpublished ones still need a number.
+        for (field, port) in &named {
+            if *port == 0 {
+                ctx.report(
+                    Rule::PortInvalid,
+                    &path.key(field),
+                    "the router cannot listen on port 0: choose a port from 1 to 65535",
+                );
+            }
+        }
+    }
     Service {
         name: ROUTER_SERVICE.into(),
         kind: ServiceKind::Router,
@@ -793,6 +837,14 @@ fn pooler_service(
             ),
         );
     }
+    let publish = p.publish.unwrap_or(PublishMode::Ingress);
+    if publish == PublishMode::None && port == 0 {
+        ctx.report(
+            Rule::PortInvalid,
+            &path.key("port"),
+            "the pooler cannot listen on port 0: choose a port from 1 to 65535",
+        );
+    }
     let pool_mode = match p.pool_mode {
         None | Some(PoolModeName::Transaction) => PoolMode::Transaction,
         Some(PoolModeName::Session) => PoolMode::Session,
@@ -812,7 +864,7 @@ fn pooler_service(
             },
         },
         placement: stateless_placement(ctx, shared, p.placement.as_ref(), &path),
-        ports: published(p.publish.unwrap_or(PublishMode::Ingress), [port]),
+        ports: published(publish, [port]),
         resources: check_resources(ctx, p.resources.as_ref(), &path.key("resources")),
         replicas: replicas.max(1),
         volume: None,
@@ -1167,7 +1219,7 @@ fn user_placement(ctx: &mut Ctx, raw: Option<&RawPlacement>, path: &FieldPath) -
 
 /// Published ports: valid numbers, none Swarm needs, no two services on one ingress port.
 /// `paths` gives, per service name, the spec field that chose its ports.
-fn check_ports(ctx: &mut Ctx, services: &[Service], paths: &BTreeMap<String, FieldPath>) {
+fn check_ports(ctx: &mut Ctx, services: &[Service], paths: &BTreeMap<(String, u16), FieldPath>) {
     let mut all: Vec<(&Service, PublishedPort)> = Vec::new();
     for s in services {
         for p in &s.ports {
@@ -1175,7 +1227,10 @@ fn check_ports(ctx: &mut Ctx, services: &[Service], paths: &BTreeMap<String, Fie
         }
     }
     for (i, (s, p)) in all.iter().enumerate() {
-        let spath = paths.get(&s.name).cloned().unwrap_or_default();
+        let spath = paths
+            .get(&(s.name.clone(), p.port))
+            .cloned()
+            .unwrap_or_default();
         if p.port == 0 {
             ctx.report(
                 Rule::PortInvalid,
