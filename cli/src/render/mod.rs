@@ -379,7 +379,7 @@ fn compose_service(cluster: &Cluster, service: &Service) -> ComposeService {
             .ports
             .iter()
             .map(|p| Port {
-                target: p.port,
+                target: p.target,
                 published: p.port,
                 protocol: "tcp".into(),
                 mode: p.mode.as_str().into(),
@@ -537,6 +537,18 @@ mod tests {
         assert_eq!(router["deploy"]["update_config"]["order"], "start-first");
         assert!(router.get("volumes").is_none());
         assert!(router["deploy"]["placement"].get("constraints").is_none());
+    }
+
+    #[test]
+    fn a_member_published_elsewhere_still_targets_postgres_port() {
+        let s = stack(
+            "name: demo\ntopology: replication\nreplication:\n  primary:\n    name: db\n    \
+             publish: {port: 15432}\n",
+        );
+        let port = &s["services"]["db"]["ports"][0];
+        assert_eq!(port["published"], 15432);
+        assert_eq!(port["target"], 5432);
+        assert_eq!(port["mode"], "host");
     }
 
     #[test]

@@ -75,10 +75,13 @@ impl PortMode {
     }
 }
 
-/// A container port published on the nodes (same number inside and outside).
+/// A container port published on the nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishedPort {
+    /// Port on the nodes (or the routing mesh).
     pub port: u16,
+    /// Port the container listens on.
+    pub target: u16,
     pub mode: PortMode,
 }
 

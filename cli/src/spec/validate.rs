@@ -104,6 +104,8 @@ struct Draft {
     resources: Option<RawResources>,
     publish: Option<RawPublish>,
     group: Option<u32>,
+    /// The name is generated (from a count or a default), not written in the spec.
+    generated: bool,
 }
 
 impl Draft {
@@ -117,6 +119,7 @@ impl Draft {
             resources: None,
             publish: None,
             group,
+            generated: true,
         }
     }
 }
@@ -692,6 +695,7 @@ fn data_member_ports(ctx: &mut Ctx, draft: &Draft) -> Vec<PublishedPort> {
     }
     vec![PublishedPort {
         port: p.port,
+        target: defaults::PG_PORT,
         mode: PortMode::Host,
     }]
 }
@@ -879,7 +883,11 @@ fn published(mode: PublishMode, ports: impl IntoIterator<Item = u16>) -> Vec<Pub
     };
     ports
         .into_iter()
-        .map(|port| PublishedPort { port, mode })
+        .map(|port| PublishedPort {
+            port,
+            target: port,
+            mode,
+        })
         .collect()
 }
 
@@ -1026,6 +1034,7 @@ fn draft_from(m: &RawMember, path: FieldPath, group: Option<u32>) -> Draft {
         resources: m.resources.clone(),
         publish: m.publish.clone(),
         group,
+        generated: false,
     }
 }
 
@@ -1110,16 +1119,13 @@ fn etcd_drafts(ctx: &mut Ctx, raw: Option<&RawEtcd>, root: &FieldPath) -> Vec<Dr
 }
 
 fn check_names(ctx: &mut Ctx, cluster: &str, drafts: &[&Draft], router: bool, pooler: bool) {
-    let mut seen: BTreeMap<&str, String> = BTreeMap::new();
-    let mut generated: Vec<(&str, &str)> = Vec::new();
+    // Name to (what carries it, where the spec wrote it when it did).
+    let mut seen: BTreeMap<&str, (String, Option<&FieldPath>)> = BTreeMap::new();
     if router {
-        generated.push((ROUTER_SERVICE, "the router service"));
+        seen.insert(ROUTER_SERVICE, ("the router service".into(), None));
     }
     if pooler {
-        generated.push((POOLER_SERVICE, "the pooler service"));
-    }
-    for (name, what) in &generated {
-        seen.insert(name, what.to_string());
+        seen.insert(POOLER_SERVICE, ("the pooler service".into(), None));
     }
     for d in drafts {
         if let Err(why) = check_member_name(&d.name) {
@@ -1138,8 +1144,22 @@ fn check_names(ctx: &mut Ctx, cluster: &str, drafts: &[&Draft], router: bool, po
                 ),
             );
         }
+        let this = if d.generated {
+            format!("the member generated from {}", d.path)
+        } else {
+            format!("the member declared at {}", d.path)
+        };
         match seen.get(d.name.as_str()) {
-            Some(other) => {
+            // A generated name clashing with one the user wrote: point at the written one.
+            Some((_, Some(written))) if d.generated => {
+                let msg = format!(
+                    "`{}` is also the name of {this}: choose another name for this member",
+                    d.name
+                );
+                let at = (*written).clone();
+                ctx.report(Rule::DuplicateName, &at, msg);
+            }
+            Some((other, _)) => {
                 let msg = format!(
                     "`{}` is already the name of {other}: every member needs a name of its own",
                     d.name
@@ -1147,7 +1167,8 @@ fn check_names(ctx: &mut Ctx, cluster: &str, drafts: &[&Draft], router: bool, po
                 ctx.report(Rule::DuplicateName, &d.name_path, msg);
             }
             None => {
-                seen.insert(&d.name, format!("the member declared at {}", d.path));
+                let written = (!d.generated).then_some(&d.name_path);
+                seen.insert(&d.name, (this, written));
             }
         }
     }
@@ -1541,12 +1562,12 @@ fn check_cidr(s: &str) -> Result<(), String> {
     let prefix: u8 = prefix
         .parse()
         .map_err(|_| format!("`{prefix}` is not a prefix length"))?;
-    let (bits, max) = match addr {
-        IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32u8),
-        IpAddr::V6(a) => (u128::from(a), 128u8),
+    let IpAddr::V4(v4) = addr else {
+        return Err("it is an IPv6 subnet; the overlay network takes an IPv4 subnet".into());
     };
-    if prefix > max || prefix == 0 {
-        return Err(format!("the prefix length must be from 1 to {max}"));
+    let bits = u128::from(u32::from(v4)) << 96;
+    if prefix > 32 || prefix == 0 {
+        return Err("the prefix length must be from 1 to 32".into());
     }
     let host_bits = bits.checked_shl(u32::from(prefix)).unwrap_or(0);
     if host_bits != 0 {
@@ -1654,7 +1675,7 @@ mod tests {
     #[test]
     fn cidrs_are_checked() {
         assert!(check_cidr("10.20.0.0/24").is_ok());
-        assert!(check_cidr("fd00::/64").is_ok());
+        assert!(check_cidr("fd00::/64").is_err());
         assert!(check_cidr("10.20.0.1/24").is_err());
         assert!(check_cidr("10.20.0.0/33").is_err());
         assert!(check_cidr("10.20.0.0").is_err());
