@@ -41,7 +41,8 @@ pub const POOLER_SERVICE: &str = "pooler";
 const MANAGED_PARAMETERS: &[(&str, &str)] = &[
     (
         "port",
-        "the port is fixed by pgswarm; publish it elsewhere if needed",
+        "PostgreSQL listens on 5432 inside its container; to reach it on another port, \
+         publish it with the member's `publish.port`",
     ),
     ("listen_addresses", "pgswarm listens on the overlay network"),
     (
