@@ -5,11 +5,15 @@
 //! supervises the real process as PID 1. `main` does the process-level work (privileges,
 //! runtime, exit codes); [`run`] picks the mode.
 
+pub mod etcd;
 pub mod health;
 pub mod logging;
+pub mod patroni;
+pub mod pooler;
 pub mod postgres;
 pub mod privileges;
 pub mod replication;
+pub mod router;
 pub mod secrets;
 pub mod supervise;
 pub mod templates;

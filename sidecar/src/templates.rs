@@ -14,6 +14,14 @@ use serde::Serialize;
 /// The templates shipped in the binary: (file name in `init-scripts/`, content).
 pub const EMBEDDED: &[(&str, &str)] = &[
     (
+        "haproxy.cfg.hbs",
+        include_str!("../../init-scripts/haproxy.cfg.hbs"),
+    ),
+    (
+        "pgbouncer.ini.hbs",
+        include_str!("../../init-scripts/pgbouncer.ini.hbs"),
+    ),
+    (
         "pg_hba.conf.hbs",
         include_str!("../../init-scripts/pg_hba.conf.hbs"),
     ),

@@ -1,0 +1,267 @@
+//! Mode `etcd`: one member of the etcd v3 cluster Patroni uses as its DCS.
+//!
+//! Everything is given on etcd's command line (no config file, no `ETCD_*` variables: the
+//! child's environment is cleared), with flags that etcd 3.4 (Debian bookworm) and 3.5
+//! (trixie) both accept. The member advertises itself by the host of its own entry in the
+//! initial cluster (its service name on Swarm), so the peer and client addresses it announces
+//! always agree with what the other members were told. A data directory that already holds a
+//! member is started as it is: etcd then ignores the `--initial-*` flags.
+//!
+//! Patroni's etcd3 client talks to etcd's gRPC gateway (`/v3/...`), which both versions serve
+//! on the client port by default (`--enable-grpc-gateway` defaults to true).
+
+use std::path::{Path, PathBuf};
+
+use pgswarm_contract::{defaults, env, Common, EtcdPeer, Role};
+
+use crate::supervise::ChildSpec;
+
+/// An error in the etcd part of the contract.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EtcdConfigError {
+    #[error(
+        "{member_var}={member:?} is not in {var} (members: {names}); every etcd member must be \
+         listed there under its own name",
+        member_var = env::MEMBER,
+        var = env::ETCD_INITIAL_CLUSTER
+    )]
+    NotListed { member: String, names: String },
+    #[error("{var} names member {0:?} twice", var = env::ETCD_INITIAL_CLUSTER)]
+    Duplicate(String),
+    #[error(
+        "{var}: peer URL {url:?} of {name:?} is not of the form http://host:port",
+        var = env::ETCD_INITIAL_CLUSTER
+    )]
+    BadUrl { name: String, url: String },
+    #[error(
+        "{var} gives this member's peer port as {listed}, but {port_var}={peer_port}: \
+         make them agree",
+        var = env::ETCD_INITIAL_CLUSTER,
+        port_var = env::ETCD_PEER_PORT
+    )]
+    PeerPortMismatch { listed: u16, peer_port: u16 },
+    #[error("the etcd client and peer ports must differ, both are {0}")]
+    SamePorts(u16),
+}
+
+/// How to start this etcd member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdPlan {
+    pub data_dir: PathBuf,
+    pub args: Vec<String>,
+    /// The host this member advertises (from its initial-cluster entry).
+    pub advertise_host: String,
+    /// Whether the data directory already holds a member (a restart, not a first start).
+    pub existing_member: bool,
+    /// The number of members of the initial cluster.
+    pub cluster_size: usize,
+}
+
+/// Splits `http://host:port` into host and port.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("http://")?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+/// Where etcd keeps its data: `<data root>/etcd`.
+pub fn data_dir(common: &Common) -> PathBuf {
+    Path::new(&common.data_root).join(defaults::ETCD_SUBDIR)
+}
+
+/// Plans this member's start from the contract. `None` when `role` is not an etcd member.
+pub fn plan(common: &Common, role: &Role) -> Option<Result<EtcdPlan, EtcdConfigError>> {
+    let Role::Etcd {
+        initial_cluster,
+        client_port,
+        peer_port,
+    } = role
+    else {
+        return None;
+    };
+    Some(plan_member(
+        common,
+        initial_cluster,
+        *client_port,
+        *peer_port,
+    ))
+}
+
+fn plan_member(
+    common: &Common,
+    initial_cluster: &[EtcdPeer],
+    client_port: u16,
+    peer_port: u16,
+) -> Result<EtcdPlan, EtcdConfigError> {
+    if client_port == peer_port {
+        return Err(EtcdConfigError::SamePorts(client_port));
+    }
+    for (i, peer) in initial_cluster.iter().enumerate() {
+        if initial_cluster[..i].iter().any(|p| p.name == peer.name) {
+            return Err(EtcdConfigError::Duplicate(peer.name.clone()));
+        }
+        if host_port(&peer.peer_url).is_none() {
+            return Err(EtcdConfigError::BadUrl {
+                name: peer.name.clone(),
+                url: peer.peer_url.clone(),
+            });
+        }
+    }
+    let me = initial_cluster
+        .iter()
+        .find(|p| p.name == common.member)
+        .ok_or_else(|| EtcdConfigError::NotListed {
+            member: common.member.clone(),
+            names: initial_cluster
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    let (host, listed_port) = host_port(&me.peer_url).ok_or_else(|| EtcdConfigError::BadUrl {
+        name: me.name.clone(),
+        url: me.peer_url.clone(),
+    })?;
+    if listed_port != peer_port {
+        return Err(EtcdConfigError::PeerPortMismatch {
+            listed: listed_port,
+            peer_port,
+        });
+    }
+    let dir = data_dir(common);
+    let existing_member = dir.join("member").is_dir();
+    let cluster = initial_cluster
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.peer_url))
+        .collect::<Vec<_>>()
+        .join(",");
+    let args = vec![
+        format!("--name={}", common.member),
+        format!("--data-dir={}", dir.display()),
+        format!("--listen-client-urls=http://0.0.0.0:{client_port}"),
+        format!("--advertise-client-urls=http://{host}:{client_port}"),
+        format!("--listen-peer-urls=http://0.0.0.0:{peer_port}"),
+        format!("--initial-advertise-peer-urls={}", me.peer_url),
+        format!("--initial-cluster={cluster}"),
+        format!("--initial-cluster-token={}", common.cluster),
+        "--initial-cluster-state=new".to_string(),
+        // Patroni rewrites its keys every loop: keep one hour of history, not all of it.
+        "--auto-compaction-mode=periodic".to_string(),
+        "--auto-compaction-retention=1".to_string(),
+        "--logger=zap".to_string(),
+        "--log-outputs=stderr".to_string(),
+    ];
+    Ok(EtcdPlan {
+        data_dir: dir,
+        args,
+        advertise_host: host,
+        existing_member,
+        cluster_size: initial_cluster.len(),
+    })
+}
+
+/// The etcd process to supervise. SIGTERM stops it cleanly (it leaves the cluster's quorum
+/// as a stopped member, not a removed one).
+pub fn child_spec(plan: &EtcdPlan) -> ChildSpec {
+    ChildSpec::new("etcd", "etcd").args(plan.args.iter())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Vec<EtcdPeer> {
+        (1..=3)
+            .map(|i| EtcdPeer {
+                name: format!("etcd{i}"),
+                peer_url: format!("http://demo_etcd{i}:2380"),
+            })
+            .collect()
+    }
+
+    fn common(member: &str) -> Common {
+        let mut c = Common::new("demo", member);
+        c.data_root = "/nonexistent/pgswarm".into();
+        c
+    }
+
+    fn arg<'a>(plan: &'a EtcdPlan, flag: &str) -> Option<&'a str> {
+        plan.args
+            .iter()
+            .find_map(|a| a.strip_prefix(&format!("--{flag}=")))
+    }
+
+    #[test]
+    fn command_line_names_and_advertises_the_member() {
+        let plan = plan_member(&common("etcd2"), &cluster(), 2379, 2380).unwrap();
+        assert_eq!(arg(&plan, "name"), Some("etcd2"));
+        assert_eq!(arg(&plan, "data-dir"), Some("/nonexistent/pgswarm/etcd"));
+        assert_eq!(
+            arg(&plan, "listen-client-urls"),
+            Some("http://0.0.0.0:2379")
+        );
+        assert_eq!(
+            arg(&plan, "advertise-client-urls"),
+            Some("http://demo_etcd2:2379")
+        );
+        assert_eq!(arg(&plan, "listen-peer-urls"), Some("http://0.0.0.0:2380"));
+        assert_eq!(
+            arg(&plan, "initial-advertise-peer-urls"),
+            Some("http://demo_etcd2:2380")
+        );
+        assert_eq!(
+            arg(&plan, "initial-cluster"),
+            Some(
+                "etcd1=http://demo_etcd1:2380,etcd2=http://demo_etcd2:2380,\
+                 etcd3=http://demo_etcd3:2380"
+            )
+        );
+        assert_eq!(arg(&plan, "initial-cluster-token"), Some("demo"));
+        assert_eq!(arg(&plan, "initial-cluster-state"), Some("new"));
+        assert!(!plan.existing_member);
+        assert_eq!(plan.cluster_size, 3);
+    }
+
+    #[test]
+    fn an_existing_member_directory_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = common("etcd1");
+        c.data_root = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("etcd/member/wal")).unwrap();
+        let plan = plan_member(&c, &cluster(), 2379, 2380).unwrap();
+        assert!(plan.existing_member);
+    }
+
+    #[test]
+    fn bad_etcd_contracts_are_named() {
+        let err = plan_member(&common("etcd9"), &cluster(), 2379, 2380).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("etcd9") && text.contains("etcd1, etcd2, etcd3"),
+            "{text}"
+        );
+        let err = plan_member(&common("etcd1"), &cluster(), 2379, 2390).unwrap_err();
+        assert_eq!(
+            err,
+            EtcdConfigError::PeerPortMismatch {
+                listed: 2380,
+                peer_port: 2390
+            }
+        );
+        let mut bad = cluster();
+        bad[1].peer_url = "etcd2:2380".into();
+        let err = plan_member(&common("etcd1"), &bad, 2379, 2380).unwrap_err();
+        assert!(err.to_string().contains("http://host:port"), "{err}");
+        let mut dup = cluster();
+        dup[2].name = "etcd1".into();
+        assert_eq!(
+            plan_member(&common("etcd1"), &dup, 2379, 2380).unwrap_err(),
+            EtcdConfigError::Duplicate("etcd1".into())
+        );
+    }
+}

@@ -1,0 +1,858 @@
+//! Mode `patroni`: a Patroni-managed PostgreSQL member (topologies `patroni` and `citus`).
+//!
+//! The contract is turned into Patroni's configuration as typed data ([`PatroniYml`]), checked
+//! against Patroni's own rules before anything starts (so a bad `ttl` is reported by name, not
+//! by a Python traceback), written 0600 into the run directory, and Patroni is then run
+//! supervised. Credentials live only in that file: Patroni's environment is cleared.
+//!
+//! Patroni versions: the host tests run Patroni 3.0.2 (Debian bookworm), the image ships 4.0.7
+//! (trixie). The rendered file uses only settings both accept. Differences handled here:
+//! `synchronous_mode: quorum` exists only from Patroni 4.0 (3.x would read it as "off" without
+//! a word), so it is refused on older versions; in Citus mode Patroni 4.0 defaults to quorum
+//! and 3.x to `on`, so the mode is always written explicitly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use pgswarm_contract::{env, Citus, Common, Endpoint, Postgres, SynchronousMode};
+use serde::{Serialize, Serializer};
+
+/// Patroni's lower bound for the leader lock TTL, seconds.
+pub const MIN_TTL: u32 = 20;
+/// Patroni's lower bound for `loop_wait`, seconds.
+pub const MIN_LOOP_WAIT: u32 = 1;
+/// Patroni's lower bound for `retry_timeout`, seconds.
+pub const MIN_RETRY_TIMEOUT: u32 = 3;
+
+/// PostgreSQL parameters Patroni takes only from the cluster-wide (DCS) configuration: they
+/// must be equal on every member, and a value in the local section is ignored. A contract
+/// parameter with one of these names goes into `bootstrap.dcs`; every other one into the local
+/// section, so a changed value takes effect on the next start of the member.
+pub const DCS_ONLY_PARAMETERS: &[&str] = &[
+    "max_connections",
+    "max_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_replication_slots",
+    "max_wal_senders",
+    "max_worker_processes",
+    "track_commit_timestamp",
+    "wal_keep_segments",
+    "wal_keep_size",
+    "wal_level",
+    "wal_log_hints",
+    "hot_standby",
+];
+
+/// Parameters Patroni sets itself from other settings; a contract value would be overwritten
+/// or would contradict the rendered addresses.
+pub const PATRONI_OWNED_PARAMETERS: &[&str] = &["listen_addresses", "port", "cluster_name"];
+
+/// An error turning the contract into a Patroni configuration.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PatroniConfigError {
+    #[error(
+        "{var}={ttl} is below Patroni's minimum leader lock TTL of {MIN_TTL} seconds \
+         (Patroni would refuse it); set {var} to {MIN_TTL} or more",
+        var = env::TTL
+    )]
+    TtlTooShort { ttl: u32 },
+    #[error(
+        "{var}={loop_wait} is below Patroni's minimum of {MIN_LOOP_WAIT} second; \
+         set {var} to {MIN_LOOP_WAIT} or more",
+        var = env::LOOP_WAIT
+    )]
+    LoopWaitTooShort { loop_wait: u32 },
+    #[error(
+        "{var}={retry_timeout} is below Patroni's minimum of {MIN_RETRY_TIMEOUT} seconds; \
+         set {var} to {MIN_RETRY_TIMEOUT} or more",
+        var = env::RETRY_TIMEOUT
+    )]
+    RetryTimeoutTooShort { retry_timeout: u32 },
+    #[error(
+        "Patroni needs loop_wait + 2 x retry_timeout <= ttl, got {loop_wait} + 2 x \
+         {retry_timeout} = {needed} > {ttl}: raise {ttl_var} to {needed} or more, or lower \
+         {loop_var} / {retry_var}",
+        ttl_var = env::TTL,
+        loop_var = env::LOOP_WAIT,
+        retry_var = env::RETRY_TIMEOUT
+    )]
+    TimingRule {
+        ttl: u32,
+        loop_wait: u32,
+        retry_timeout: u32,
+        needed: u32,
+    },
+    #[error(
+        "{var}=quorum needs Patroni 4.0 or newer, but this is Patroni {found} (it would read \
+         \"quorum\" as \"off\" and replicate asynchronously); use {var}=on here, or the pgswarm \
+         image, which ships Patroni 4",
+        var = env::SYNCHRONOUS_MODE
+    )]
+    QuorumUnsupported { found: PatroniVersion },
+    #[error(
+        "PostgreSQL parameter {name:?} is set by Patroni itself from the member's addresses \
+         and cluster name; remove it from {var}",
+        var = env::PG_PARAMETERS
+    )]
+    OwnedParameter { name: String },
+}
+
+/// Patroni's timing settings, validated against Patroni's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+}
+
+impl Timing {
+    /// Checks Patroni's rules: ttl >= 20, loop_wait >= 1, retry_timeout >= 3 and
+    /// loop_wait + 2 x retry_timeout <= ttl. Patroni 4 silently lowers loop_wait and
+    /// retry_timeout when the last rule is broken; we would rather say so.
+    pub fn new(ttl: u32, loop_wait: u32, retry_timeout: u32) -> Result<Self, PatroniConfigError> {
+        if ttl < MIN_TTL {
+            return Err(PatroniConfigError::TtlTooShort { ttl });
+        }
+        if loop_wait < MIN_LOOP_WAIT {
+            return Err(PatroniConfigError::LoopWaitTooShort { loop_wait });
+        }
+        if retry_timeout < MIN_RETRY_TIMEOUT {
+            return Err(PatroniConfigError::RetryTimeoutTooShort { retry_timeout });
+        }
+        let needed = loop_wait.saturating_add(retry_timeout.saturating_mul(2));
+        if needed > ttl {
+            return Err(PatroniConfigError::TimingRule {
+                ttl,
+                loop_wait,
+                retry_timeout,
+                needed,
+            });
+        }
+        Ok(Timing {
+            ttl,
+            loop_wait,
+            retry_timeout,
+        })
+    }
+}
+
+/// A Patroni release, as `patroni --version` prints it (`patroni 3.0.2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PatroniVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl PatroniVersion {
+    /// Parses the output of `patroni --version`.
+    pub fn parse(output: &str) -> Option<Self> {
+        let word = output
+            .split_whitespace()
+            .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+        let mut parts = word.split('.').map(|p| {
+            p.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u32>()
+        });
+        let major = parts.next()?.ok()?;
+        let minor = parts.next().and_then(Result::ok).unwrap_or(0);
+        let patch = parts.next().and_then(Result::ok).unwrap_or(0);
+        Some(PatroniVersion {
+            major,
+            minor,
+            patch,
+        })
+    }
+
+    /// Whether `synchronous_mode: quorum` is understood (Patroni 4.0 and newer).
+    pub fn supports_quorum(self) -> bool {
+        self.major >= 4
+    }
+}
+
+impl fmt::Display for PatroniVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The passwords that go into patroni.yml (read from the secret files).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PatroniCredentials {
+    pub superuser_password: String,
+    pub replication_password: String,
+    pub rest_password: String,
+}
+
+impl fmt::Debug for PatroniCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PatroniCredentials { .. }")
+    }
+}
+
+/// The Patroni part of the contract, borrowed from [`pgswarm_contract::Role::Patroni`].
+#[derive(Debug, Clone, Copy)]
+pub struct PatroniSpec<'a> {
+    pub postgres: &'a Postgres,
+    pub etcd_hosts: &'a [Endpoint],
+    pub rest_port: u16,
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+    pub maximum_lag_on_failover: u64,
+    pub synchronous_mode: SynchronousMode,
+    pub citus: Option<&'a Citus>,
+}
+
+/// Facts about this host the configuration depends on, found by the caller.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// Directory of the PostgreSQL binaries (`pg_ctl`, `initdb`, ...).
+    pub bin_dir: String,
+    /// Networks allowed in pg_hba (the contract's list, or the detected container networks).
+    pub allowed_cidrs: Vec<String>,
+    /// The installed Patroni, when known.
+    pub patroni_version: Option<PatroniVersion>,
+}
+
+/// `patroni.yml`, the subset of Patroni's settings pgswarm uses.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatroniYml {
+    /// The cluster; every member (and, in Citus mode, every group) shares it.
+    pub scope: String,
+    /// This member; its Swarm service name.
+    pub name: String,
+    pub log: Log,
+    pub restapi: RestApi,
+    pub etcd3: Etcd3,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citus: Option<CitusSection>,
+    pub bootstrap: Bootstrap,
+    pub postgresql: PostgresqlSection,
+    pub watchdog: Watchdog,
+}
+
+/// Patroni's own log settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Log {
+    pub level: String,
+}
+
+/// The REST API: health endpoints for the router and Docker, and the control API.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestApi {
+    /// `address:port` the API listens on.
+    pub listen: String,
+    /// `host:port` other members and the router use.
+    pub connect_address: String,
+    /// Basic auth for the unsafe endpoints (switchover, restart, config).
+    pub authentication: BasicAuth,
+}
+
+/// A user name and password pair for HTTP basic auth.
+#[derive(Clone, Serialize)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BasicAuth {{ username: {:?}, .. }}", self.username)
+    }
+}
+
+/// The DCS: etcd through its v3 API.
+#[derive(Debug, Clone, Serialize)]
+pub struct Etcd3 {
+    /// `host:port` client endpoints.
+    pub hosts: Vec<String>,
+}
+
+/// Patroni's Citus mode: this member belongs to group `group` of a Citus cluster.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CitusSection {
+    /// 0 for the coordinator, 1.. for workers.
+    pub group: u32,
+    /// The database Patroni creates the extension in.
+    pub database: String,
+}
+
+/// Settings used once, when the cluster is first initialized.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bootstrap {
+    pub dcs: Dcs,
+    pub initdb: Vec<InitdbOption>,
+}
+
+/// The cluster-wide (dynamic) configuration written to the DCS at bootstrap.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dcs {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+    pub maximum_lag_on_failover: u64,
+    pub synchronous_mode: SyncModeValue,
+    /// Keep the primary running while the DCS is unreachable if every member still answers it.
+    pub failsafe_mode: bool,
+    pub postgresql: DcsPostgresql,
+}
+
+/// `synchronous_mode` as Patroni spells it: a boolean, or `quorum` (Patroni 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncModeValue(pub SynchronousMode);
+
+impl Serialize for SyncModeValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            SynchronousMode::Off => s.serialize_bool(false),
+            SynchronousMode::On => s.serialize_bool(true),
+            SynchronousMode::Quorum => s.serialize_str("quorum"),
+        }
+    }
+}
+
+/// PostgreSQL settings shared by every member.
+#[derive(Debug, Clone, Serialize)]
+pub struct DcsPostgresql {
+    pub use_pg_rewind: bool,
+    pub use_slots: bool,
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// One `initdb` option: a flag (`data-checksums`) or a name and value (`encoding: UTF8`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum InitdbOption {
+    Flag(String),
+    Value(BTreeMap<String, String>),
+}
+
+impl InitdbOption {
+    fn value(name: &str, value: &str) -> Self {
+        InitdbOption::Value(BTreeMap::from([(name.to_string(), value.to_string())]))
+    }
+}
+
+/// The member's local PostgreSQL settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresqlSection {
+    /// `address:port` PostgreSQL listens on.
+    pub listen: String,
+    /// `host:port` other members use.
+    pub connect_address: String,
+    pub data_dir: String,
+    pub bin_dir: String,
+    /// Where Patroni writes the password file it uses for replication and pg_rewind.
+    pub pgpass: String,
+    pub authentication: Authentication,
+    /// Options for `pg_basebackup` when a replica is cloned.
+    pub basebackup: Vec<BTreeMap<String, String>>,
+    pub pg_hba: Vec<String>,
+    /// Parameters local to this member (they take effect on its next start).
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// The roles Patroni logs in as.
+#[derive(Debug, Clone, Serialize)]
+pub struct Authentication {
+    pub superuser: BasicAuth,
+    pub replication: BasicAuth,
+    /// pg_rewind runs as the superuser (Patroni's default when `rewind` is absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<BasicAuth>,
+}
+
+/// The watchdog: off, since containers have no /dev/watchdog (the leader lock fences instead).
+#[derive(Debug, Clone, Serialize)]
+pub struct Watchdog {
+    pub mode: String,
+}
+
+/// Where patroni.yml goes inside the run directory.
+pub fn config_path(common: &Common) -> String {
+    format!("{}/patroni.yml", common.run_dir)
+}
+
+/// Where Patroni keeps its password file.
+pub fn pgpass_path(common: &Common) -> String {
+    format!("{}/pgpass", common.run_dir)
+}
+
+/// The host other members reach this one by: the explicit connect host, else the member
+/// (service) name.
+pub fn connect_host<'a>(common: &'a Common, postgres: &'a Postgres) -> &'a str {
+    postgres.connect_host.as_deref().unwrap_or(&common.member)
+}
+
+/// pg_hba.conf lines: the postgres OS user over the local socket, Patroni's local replication
+/// checks over loopback, and the allowed networks with scram-sha-256 only.
+pub fn pg_hba(common: &Common, allowed_cidrs: &[String]) -> Vec<String> {
+    let repl = &common.replication_user;
+    let mut lines = vec![
+        "local all all peer".to_string(),
+        "host all all 127.0.0.1/32 scram-sha-256".to_string(),
+        "host all all ::1/128 scram-sha-256".to_string(),
+        format!("host replication {repl} 127.0.0.1/32 scram-sha-256"),
+        format!("host replication {repl} ::1/128 scram-sha-256"),
+    ];
+    for cidr in allowed_cidrs {
+        lines.push(format!("host all all {cidr} scram-sha-256"));
+        lines.push(format!("host replication {repl} {cidr} scram-sha-256"));
+    }
+    lines
+}
+
+/// Renders this member's patroni.yml from the contract.
+pub fn render(
+    common: &Common,
+    spec: &PatroniSpec<'_>,
+    host: &HostFacts,
+    credentials: &PatroniCredentials,
+) -> Result<PatroniYml, PatroniConfigError> {
+    let timing = Timing::new(spec.ttl, spec.loop_wait, spec.retry_timeout)?;
+    if spec.synchronous_mode == SynchronousMode::Quorum {
+        if let Some(found) = host.patroni_version.filter(|v| !v.supports_quorum()) {
+            return Err(PatroniConfigError::QuorumUnsupported { found });
+        }
+    }
+    let pg = spec.postgres;
+    if let Some(owned) = pg
+        .parameters
+        .keys()
+        .find(|k| PATRONI_OWNED_PARAMETERS.contains(&k.to_ascii_lowercase().as_str()))
+    {
+        return Err(PatroniConfigError::OwnedParameter {
+            name: owned.clone(),
+        });
+    }
+    let connect = connect_host(common, pg);
+
+    // Cluster-wide parameters: what replication, pg_rewind and failover need.
+    let mut dcs_parameters: BTreeMap<String, String> = [
+        ("wal_level", "replica"),
+        ("hot_standby", "on"),
+        // pg_rewind needs hint bits in WAL; data checksums (initdb) imply it too, but an
+        // existing volume may have been initialized without them.
+        ("wal_log_hints", "on"),
+        ("max_wal_senders", "10"),
+        ("max_replication_slots", "10"),
+        ("wal_keep_size", "128MB"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // Member-local parameters.
+    let mut local_parameters: BTreeMap<String, String> = [
+        ("password_encryption", "scram-sha-256"),
+        // Below Swarm's 900 s IPVS idle timeout, so idle sessions through a VIP survive.
+        ("tcp_keepalives_idle", "60"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "6"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // The socket goes into the run directory: one per member, never shared with another
+    // server on the same host that happens to use the same port.
+    local_parameters.insert("unix_socket_directories".into(), common.run_dir.clone());
+    for (name, value) in &pg.parameters {
+        let lower = name.to_ascii_lowercase();
+        if DCS_ONLY_PARAMETERS.contains(&lower.as_str()) {
+            dcs_parameters.insert(lower, value.clone());
+        } else {
+            local_parameters.insert(name.clone(), value.clone());
+        }
+    }
+
+    let user = |username: &str, password: &str| BasicAuth {
+        username: username.to_string(),
+        password: password.to_string(),
+    };
+
+    Ok(PatroniYml {
+        scope: common.cluster.clone(),
+        name: common.member.clone(),
+        log: Log {
+            level: "INFO".into(),
+        },
+        restapi: RestApi {
+            listen: format!("{}:{}", pg.listen_address, spec.rest_port),
+            connect_address: format!("{connect}:{}", spec.rest_port),
+            authentication: user(&common.rest_user, &credentials.rest_password),
+        },
+        etcd3: Etcd3 {
+            hosts: spec.etcd_hosts.iter().map(ToString::to_string).collect(),
+        },
+        citus: spec.citus.map(|c| CitusSection {
+            group: c.group,
+            database: c.database.clone(),
+        }),
+        bootstrap: Bootstrap {
+            dcs: Dcs {
+                ttl: timing.ttl,
+                loop_wait: timing.loop_wait,
+                retry_timeout: timing.retry_timeout,
+                maximum_lag_on_failover: spec.maximum_lag_on_failover,
+                synchronous_mode: SyncModeValue(spec.synchronous_mode),
+                failsafe_mode: true,
+                postgresql: DcsPostgresql {
+                    use_pg_rewind: true,
+                    use_slots: true,
+                    parameters: dcs_parameters,
+                },
+            },
+            initdb: vec![
+                InitdbOption::Flag("data-checksums".into()),
+                InitdbOption::value("encoding", "UTF8"),
+                InitdbOption::value("auth-local", "peer"),
+                InitdbOption::value("auth-host", "scram-sha-256"),
+            ],
+        },
+        postgresql: PostgresqlSection {
+            listen: format!("{}:{}", pg.listen_address, pg.port),
+            connect_address: format!("{connect}:{}", pg.port),
+            data_dir: common.pgdata(),
+            bin_dir: host.bin_dir.clone(),
+            pgpass: pgpass_path(common),
+            authentication: Authentication {
+                superuser: user(&common.superuser, &credentials.superuser_password),
+                replication: user(&common.replication_user, &credentials.replication_password),
+                rewind: None,
+            },
+            basebackup: vec![BTreeMap::from([("checkpoint".into(), "fast".into())])],
+            pg_hba: pg_hba(common, &host.allowed_cidrs),
+            parameters: local_parameters,
+        },
+        watchdog: Watchdog { mode: "off".into() },
+    })
+}
+
+/// The text of patroni.yml. It is written in JSON syntax, which is YAML too: every string is
+/// then double-quoted, so Patroni's YAML 1.1 parser cannot read a password such as `on` or
+/// `no` as a boolean (a YAML 1.2 emitter leaves those unquoted).
+pub fn to_text(config: &PatroniYml) -> Result<String, serde_json::Error> {
+    let mut text = serde_json::to_string_pretty(config)?;
+    text.push('\n');
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common() -> Common {
+        let mut c = Common::new("demo", "pg1");
+        c.run_dir = "/run/pgswarm".into();
+        c
+    }
+
+    fn etcd() -> Vec<Endpoint> {
+        ["etcd1", "etcd2", "etcd3"]
+            .iter()
+            .map(|h| Endpoint {
+                host: h.to_string(),
+                port: 2379,
+            })
+            .collect()
+    }
+
+    fn credentials() -> PatroniCredentials {
+        PatroniCredentials {
+            superuser_password: "su-secret".into(),
+            replication_password: "repl-secret".into(),
+            rest_password: "rest-secret".into(),
+        }
+    }
+
+    fn host() -> HostFacts {
+        HostFacts {
+            bin_dir: "/usr/lib/postgresql/17/bin".into(),
+            allowed_cidrs: vec!["10.0.1.0/24".into()],
+            patroni_version: Some(PatroniVersion {
+                major: 4,
+                minor: 0,
+                patch: 7,
+            }),
+        }
+    }
+
+    fn spec<'a>(pg: &'a Postgres, etcd: &'a [Endpoint]) -> PatroniSpec<'a> {
+        PatroniSpec {
+            postgres: pg,
+            etcd_hosts: etcd,
+            rest_port: 8008,
+            ttl: 20,
+            loop_wait: 5,
+            retry_timeout: 5,
+            maximum_lag_on_failover: 1_048_576,
+            synchronous_mode: SynchronousMode::Off,
+            citus: None,
+        }
+    }
+
+    fn yaml_of(config: &PatroniYml) -> serde_json::Value {
+        serde_json::from_str(&to_text(config).expect("render")).expect("parse back")
+    }
+
+    #[test]
+    fn renders_the_members_identity_addresses_and_dcs() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let config = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+        let y = yaml_of(&config);
+        assert_eq!(y["scope"].as_str(), Some("demo"));
+        assert_eq!(y["name"].as_str(), Some("pg1"));
+        assert_eq!(y["restapi"]["listen"].as_str(), Some("0.0.0.0:8008"));
+        assert_eq!(y["restapi"]["connect_address"].as_str(), Some("pg1:8008"));
+        assert_eq!(
+            y["restapi"]["authentication"]["username"].as_str(),
+            Some("patroni")
+        );
+        assert_eq!(
+            y["restapi"]["authentication"]["password"].as_str(),
+            Some("rest-secret")
+        );
+        let hosts: Vec<&str> = y["etcd3"]["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h.as_str())
+            .collect();
+        assert_eq!(hosts, ["etcd1:2379", "etcd2:2379", "etcd3:2379"]);
+        assert!(y.get("citus").is_none());
+        let dcs = &y["bootstrap"]["dcs"];
+        assert_eq!(dcs["ttl"].as_u64(), Some(20));
+        assert_eq!(dcs["loop_wait"].as_u64(), Some(5));
+        assert_eq!(dcs["retry_timeout"].as_u64(), Some(5));
+        assert_eq!(dcs["maximum_lag_on_failover"].as_u64(), Some(1_048_576));
+        assert_eq!(dcs["synchronous_mode"].as_bool(), Some(false));
+        assert_eq!(dcs["failsafe_mode"].as_bool(), Some(true));
+        assert_eq!(dcs["postgresql"]["use_pg_rewind"].as_bool(), Some(true));
+        assert_eq!(dcs["postgresql"]["use_slots"].as_bool(), Some(true));
+        assert_eq!(
+            dcs["postgresql"]["parameters"]["wal_level"].as_str(),
+            Some("replica")
+        );
+        assert_eq!(
+            dcs["postgresql"]["parameters"]["wal_log_hints"].as_str(),
+            Some("on")
+        );
+        let p = &y["postgresql"];
+        assert_eq!(p["listen"].as_str(), Some("0.0.0.0:5432"));
+        assert_eq!(p["connect_address"].as_str(), Some("pg1:5432"));
+        assert_eq!(p["data_dir"].as_str(), Some("/var/lib/pgswarm/pgdata"));
+        assert_eq!(p["bin_dir"].as_str(), Some("/usr/lib/postgresql/17/bin"));
+        assert_eq!(p["pgpass"].as_str(), Some("/run/pgswarm/pgpass"));
+        assert_eq!(
+            p["authentication"]["superuser"]["username"].as_str(),
+            Some("postgres")
+        );
+        assert_eq!(
+            p["authentication"]["replication"]["password"].as_str(),
+            Some("repl-secret")
+        );
+        assert_eq!(p["basebackup"][0]["checkpoint"].as_str(), Some("fast"));
+        assert_eq!(
+            p["parameters"]["unix_socket_directories"].as_str(),
+            Some("/run/pgswarm")
+        );
+        assert_eq!(p["parameters"]["tcp_keepalives_idle"].as_str(), Some("60"));
+        assert_eq!(y["watchdog"]["mode"].as_str(), Some("off"));
+    }
+
+    #[test]
+    fn initdb_asks_for_checksums_utf8_and_scram() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let config = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+        let text = to_text(&config).unwrap();
+        let y = yaml_of(&config);
+        let initdb = y["bootstrap"]["initdb"].as_array().unwrap();
+        assert_eq!(initdb[0].as_str(), Some("data-checksums"));
+        assert_eq!(initdb[1]["encoding"].as_str(), Some("UTF8"));
+        assert_eq!(initdb[3]["auth-host"].as_str(), Some("scram-sha-256"));
+        assert!(text.contains("\"data-checksums\""), "{text}");
+    }
+
+    #[test]
+    fn connect_host_overrides_the_member_name() {
+        let pg = Postgres {
+            port: 15432,
+            listen_address: "127.0.0.1".into(),
+            connect_host: Some("127.0.0.1".into()),
+            ..Postgres::default()
+        };
+        let etcd = etcd();
+        let mut s = spec(&pg, &etcd);
+        s.rest_port = 18008;
+        let config = render(&common(), &s, &host(), &credentials()).unwrap();
+        assert_eq!(config.restapi.listen, "127.0.0.1:18008");
+        assert_eq!(config.restapi.connect_address, "127.0.0.1:18008");
+        assert_eq!(config.postgresql.listen, "127.0.0.1:15432");
+        assert_eq!(config.postgresql.connect_address, "127.0.0.1:15432");
+    }
+
+    #[test]
+    fn pg_hba_allows_only_scram_from_the_networks_and_local_replication_checks() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let config = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+        let hba = &config.postgresql.pg_hba;
+        assert!(hba.contains(&"host replication replicator 127.0.0.1/32 scram-sha-256".into()));
+        assert!(hba.contains(&"host all all 10.0.1.0/24 scram-sha-256".into()));
+        assert!(hba.contains(&"host replication replicator 10.0.1.0/24 scram-sha-256".into()));
+        for line in hba.iter().filter(|l| l.starts_with("host")) {
+            assert!(line.ends_with("scram-sha-256"), "{line}");
+            assert!(!line.contains("0.0.0.0/0"), "{line}");
+        }
+        assert!(!hba.iter().any(|l| l.contains("trust")), "{hba:?}");
+    }
+
+    #[test]
+    fn contract_parameters_are_split_between_dcs_and_local() {
+        let mut pg = Postgres::default();
+        pg.parameters.insert("max_connections".into(), "500".into());
+        pg.parameters.insert("work_mem".into(), "8MB".into());
+        pg.parameters.insert("wal_level".into(), "logical".into());
+        let etcd = etcd();
+        let config = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+        let dcs = &config.bootstrap.dcs.postgresql.parameters;
+        let local = &config.postgresql.parameters;
+        assert_eq!(dcs.get("max_connections").map(String::as_str), Some("500"));
+        assert_eq!(dcs.get("wal_level").map(String::as_str), Some("logical"));
+        assert_eq!(local.get("work_mem").map(String::as_str), Some("8MB"));
+        assert!(!local.contains_key("max_connections"));
+    }
+
+    #[test]
+    fn parameters_patroni_owns_are_refused_by_name() {
+        let mut pg = Postgres::default();
+        pg.parameters.insert("port".into(), "6000".into());
+        let etcd = etcd();
+        let err = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"port\"") && text.contains(env::PG_PARAMETERS),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn citus_members_get_group_and_database() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        for group in [0, 2] {
+            let citus = Citus {
+                group,
+                database: "citus".into(),
+            };
+            let mut s = spec(&pg, &etcd);
+            s.citus = Some(&citus);
+            let config = render(&common(), &s, &host(), &credentials()).unwrap();
+            let y = yaml_of(&config);
+            assert_eq!(y["citus"]["group"].as_u64(), Some(u64::from(group)));
+            assert_eq!(y["citus"]["database"].as_str(), Some("citus"));
+            assert_eq!(
+                y["scope"].as_str(),
+                Some("demo"),
+                "same scope in every group"
+            );
+            // Written explicitly, so Patroni's Citus default (quorum in 4.0) does not apply.
+            assert_eq!(
+                y["bootstrap"]["dcs"]["synchronous_mode"].as_bool(),
+                Some(false)
+            );
+        }
+    }
+
+    #[test]
+    fn synchronous_modes_are_spelled_as_patroni_expects() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let mut s = spec(&pg, &etcd);
+        s.synchronous_mode = SynchronousMode::On;
+        let y = yaml_of(&render(&common(), &s, &host(), &credentials()).unwrap());
+        assert_eq!(
+            y["bootstrap"]["dcs"]["synchronous_mode"].as_bool(),
+            Some(true)
+        );
+        s.synchronous_mode = SynchronousMode::Quorum;
+        let y = yaml_of(&render(&common(), &s, &host(), &credentials()).unwrap());
+        assert_eq!(
+            y["bootstrap"]["dcs"]["synchronous_mode"].as_str(),
+            Some("quorum")
+        );
+    }
+
+    #[test]
+    fn quorum_is_refused_on_patroni_3() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let mut s = spec(&pg, &etcd);
+        s.synchronous_mode = SynchronousMode::Quorum;
+        let mut h = host();
+        h.patroni_version = PatroniVersion::parse("patroni 3.0.2");
+        let err = render(&common(), &s, &h, &credentials()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("PGSWARM_SYNCHRONOUS_MODE") && text.contains("3.0.2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn timing_follows_patronis_rules() {
+        assert!(Timing::new(20, 5, 5).is_ok());
+        assert!(Timing::new(30, 10, 10).is_ok());
+        let err = Timing::new(10, 5, 5).unwrap_err();
+        assert_eq!(err, PatroniConfigError::TtlTooShort { ttl: 10 });
+        assert!(err.to_string().contains("PGSWARM_TTL=10"), "{err}");
+        let err = Timing::new(20, 10, 10).unwrap_err();
+        assert!(err.to_string().contains("30 > 20"), "{err}");
+        assert!(matches!(
+            Timing::new(20, 0, 5),
+            Err(PatroniConfigError::LoopWaitTooShort { .. })
+        ));
+        assert!(matches!(
+            Timing::new(20, 5, 2),
+            Err(PatroniConfigError::RetryTimeoutTooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn versions_parse_from_patroni_output() {
+        let v = PatroniVersion::parse("patroni 3.0.2\n").unwrap();
+        assert_eq!((v.major, v.minor, v.patch), (3, 0, 2));
+        assert!(!v.supports_quorum());
+        let v = PatroniVersion::parse("patroni 4.0.7").unwrap();
+        assert!(v.supports_quorum());
+        assert_eq!(v.to_string(), "4.0.7");
+        assert!(PatroniVersion::parse("nothing here").is_none());
+    }
+
+    #[test]
+    fn yaml_1_1_keywords_stay_strings() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let mut creds = credentials();
+        creds.superuser_password = "on".into();
+        creds.replication_password = "no".into();
+        let config = render(&common(), &spec(&pg, &etcd), &host(), &creds).unwrap();
+        let text = to_text(&config).unwrap();
+        assert!(text.contains("\"password\": \"on\""), "{text}");
+        assert!(text.contains("\"password\": \"no\""), "{text}");
+        assert!(text.contains("\"hot_standby\": \"on\""), "{text}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let config = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+        let debug = format!("{config:?} {:?}", credentials());
+        assert!(!debug.contains("secret"), "{debug}");
+    }
+}

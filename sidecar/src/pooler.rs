@@ -1,0 +1,300 @@
+//! Mode `pooler`: PgBouncer in front of the router's read-write port.
+//!
+//! `pgbouncer.ini` comes from `pgbouncer.ini.hbs`; the auth file holds the superuser with its
+//! password in plain text, mode 0600 in the run directory. Plain text rather than a SCRAM
+//! verifier because PgBouncer (1.18 and 1.24 alike) can log in to PostgreSQL with SCRAM only
+//! when it knows the password, or when the client's SCRAM keys match a verifier identical to
+//! the server's, which a verifier made here with its own salt would not be.
+
+use std::path::PathBuf;
+
+use nix::sys::signal::Signal;
+use pgswarm_contract::{Common, Endpoint, PoolMode, Role};
+use serde::Serialize;
+use tracing::info;
+
+use crate::supervise::ChildSpec;
+use crate::templates::{write_file, write_private, Templates};
+
+/// Name of the template in `init-scripts/`.
+pub const TEMPLATE: &str = "pgbouncer.ini.hbs";
+
+/// An error in the pooler's part of the contract.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolerConfigError {
+    #[error("{var}=0: the pool needs at least one server connection", var = pgswarm_contract::env::POOL_SIZE)]
+    ZeroPoolSize,
+    #[error(
+        "{var}={max_client_conn} is below {pool_var}={pool_size}: allow at least as many \
+         clients as server connections",
+        var = pgswarm_contract::env::MAX_CLIENT_CONN,
+        pool_var = pgswarm_contract::env::POOL_SIZE
+    )]
+    FewerClientsThanPool {
+        max_client_conn: u32,
+        pool_size: u32,
+    },
+    #[error(
+        "{var}={host:?} is not a service name, host name or IPv4 address",
+        var = pgswarm_contract::env::POOLER_TARGET_HOST
+    )]
+    BadHost { host: String },
+    #[error("user name {0:?} cannot be written to PgBouncer's auth file (control character)")]
+    BadUser(String),
+    #[error("the superuser's password contains a control character, which PgBouncer's auth file cannot hold")]
+    BadPassword,
+}
+
+/// Everything `pgbouncer.ini.hbs` needs.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolerConfig {
+    pub cluster: String,
+    pub target_host: String,
+    pub target_port: u16,
+    pub listen_addr: String,
+    pub port: u16,
+    pub run_dir: String,
+    pub auth_file: String,
+    pub superuser: String,
+    pub pool_mode: String,
+    pub pool_size: u32,
+    pub reserve_pool_size: u32,
+    pub max_client_conn: u32,
+}
+
+impl PoolerConfig {
+    /// The pooler's configuration from its contract; `None` when `role` is not a pooler.
+    pub fn from_contract(common: &Common, role: &Role) -> Option<Result<Self, PoolerConfigError>> {
+        let Role::Pooler {
+            target,
+            port,
+            pool_mode,
+            pool_size,
+            max_client_conn,
+        } = role
+        else {
+            return None;
+        };
+        Some(Self::new(
+            common,
+            target,
+            *port,
+            *pool_mode,
+            *pool_size,
+            *max_client_conn,
+        ))
+    }
+
+    fn new(
+        common: &Common,
+        target: &Endpoint,
+        port: u16,
+        pool_mode: PoolMode,
+        pool_size: u32,
+        max_client_conn: u32,
+    ) -> Result<Self, PoolerConfigError> {
+        if pool_size == 0 {
+            return Err(PoolerConfigError::ZeroPoolSize);
+        }
+        if max_client_conn < pool_size {
+            return Err(PoolerConfigError::FewerClientsThanPool {
+                max_client_conn,
+                pool_size,
+            });
+        }
+        let host_ok = !target.host.is_empty()
+            && target
+                .host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !host_ok {
+            return Err(PoolerConfigError::BadHost {
+                host: target.host.clone(),
+            });
+        }
+        Ok(PoolerConfig {
+            cluster: common.cluster.clone(),
+            target_host: target.host.clone(),
+            target_port: target.port,
+            listen_addr: "*".into(),
+            port,
+            run_dir: common.run_dir.clone(),
+            auth_file: auth_file_path(common).display().to_string(),
+            superuser: common.superuser.clone(),
+            pool_mode: pool_mode.as_str().into(),
+            pool_size,
+            reserve_pool_size: (pool_size / 4).max(1),
+            max_client_conn,
+        })
+    }
+}
+
+/// Where pgbouncer.ini goes inside the run directory.
+pub fn config_path(common: &Common) -> PathBuf {
+    PathBuf::from(&common.run_dir).join("pgbouncer.ini")
+}
+
+/// Where the auth file goes inside the run directory.
+pub fn auth_file_path(common: &Common) -> PathBuf {
+    PathBuf::from(&common.run_dir).join("pgbouncer.users")
+}
+
+/// PgBouncer's auth file: `"user" "password"` lines, a `"` doubled inside a field.
+pub fn auth_file(user: &str, password: &str) -> Result<String, PoolerConfigError> {
+    if user.chars().any(char::is_control) {
+        return Err(PoolerConfigError::BadUser(user.to_string()));
+    }
+    if password.chars().any(char::is_control) {
+        return Err(PoolerConfigError::BadPassword);
+    }
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    Ok(format!("{} {}\n", quote(user), quote(password)))
+}
+
+/// Renders pgbouncer.ini.
+pub fn render(templates: &Templates, config: &PoolerConfig) -> anyhow::Result<String> {
+    templates.render(TEMPLATE, config)
+}
+
+/// Writes pgbouncer.ini and the auth file (0600), and returns the PgBouncer process to
+/// supervise, in the foreground. SIGTERM becomes SIGINT, PgBouncer's safe shutdown (open
+/// transactions finish) in both 1.18 and 1.24 (where SIGTERM itself means different things);
+/// a second stop request kills it: it holds no data.
+pub fn prepare(
+    common: &Common,
+    templates: &Templates,
+    config: &PoolerConfig,
+    superuser_password: &str,
+) -> anyhow::Result<ChildSpec> {
+    let users = auth_file(&common.superuser, superuser_password)?;
+    write_private(&auth_file_path(common), users.as_bytes())?;
+    let path = config_path(common);
+    write_file(&path, render(templates, config)?.as_bytes(), 0o640)?;
+    info!(
+        path = %path.display(),
+        target = %format!("{}:{}", config.target_host, config.target_port),
+        port = config.port,
+        pool_mode = %config.pool_mode,
+        "rendered pgbouncer.ini"
+    );
+    Ok(ChildSpec::new("pgbouncer", "pgbouncer")
+        .arg(path)
+        .forward(Signal::SIGTERM, Signal::SIGINT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role() -> Role {
+        Role::Pooler {
+            target: Endpoint {
+                host: "demo_router".into(),
+                port: 5000,
+            },
+            port: 6432,
+            pool_mode: PoolMode::Transaction,
+            pool_size: 20,
+            max_client_conn: 1000,
+        }
+    }
+
+    fn common() -> Common {
+        let mut c = Common::new("demo", "pooler");
+        c.run_dir = "/run/pgswarm".into();
+        c
+    }
+
+    fn setting<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with(';'))
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim())
+    }
+
+    #[test]
+    fn forwards_every_database_to_the_router_in_transaction_mode() {
+        let c = PoolerConfig::from_contract(&common(), &role())
+            .unwrap()
+            .unwrap();
+        let text = render(&Templates::default(), &c).unwrap();
+        assert_eq!(setting(&text, "*"), Some("host=demo_router port=5000"));
+        assert_eq!(setting(&text, "listen_port"), Some("6432"));
+        assert_eq!(setting(&text, "pool_mode"), Some("transaction"));
+        assert_eq!(setting(&text, "default_pool_size"), Some("20"));
+        assert_eq!(setting(&text, "max_client_conn"), Some("1000"));
+        assert_eq!(setting(&text, "auth_type"), Some("scram-sha-256"));
+        assert_eq!(
+            setting(&text, "auth_file"),
+            Some("/run/pgswarm/pgbouncer.users")
+        );
+        assert_eq!(setting(&text, "unix_socket_dir"), Some("/run/pgswarm"));
+        assert_eq!(setting(&text, "server_check_query"), Some("select 1"));
+        assert_eq!(setting(&text, "tcp_keepalive"), Some("1"));
+        assert_eq!(setting(&text, "dns_max_ttl"), Some("5"));
+        assert_eq!(setting(&text, "admin_users"), Some("postgres"));
+    }
+
+    #[test]
+    fn session_mode_and_sizes_follow_the_contract() {
+        let mut r = role();
+        if let Role::Pooler {
+            pool_mode,
+            pool_size,
+            max_client_conn,
+            ..
+        } = &mut r
+        {
+            *pool_mode = PoolMode::Session;
+            *pool_size = 600;
+            *max_client_conn = 6000;
+        }
+        let c = PoolerConfig::from_contract(&common(), &r).unwrap().unwrap();
+        let text = render(&Templates::default(), &c).unwrap();
+        assert_eq!(setting(&text, "pool_mode"), Some("session"));
+        assert_eq!(setting(&text, "default_pool_size"), Some("600"));
+        assert_eq!(setting(&text, "max_client_conn"), Some("6000"));
+    }
+
+    #[test]
+    fn auth_file_quotes_its_fields() {
+        assert_eq!(
+            auth_file("postgres", "pa\"ss word").unwrap(),
+            "\"postgres\" \"pa\"\"ss word\"\n"
+        );
+        assert_eq!(
+            auth_file("postgres", "a\nb"),
+            Err(PoolerConfigError::BadPassword)
+        );
+    }
+
+    #[test]
+    fn bad_pooler_contracts_are_named() {
+        let mut r = role();
+        if let Role::Pooler {
+            max_client_conn, ..
+        } = &mut r
+        {
+            *max_client_conn = 5;
+        }
+        let err = PoolerConfig::from_contract(&common(), &r)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("PGSWARM_MAX_CLIENT_CONN=5"),
+            "{err}"
+        );
+        let mut r = role();
+        if let Role::Pooler { target, .. } = &mut r {
+            target.host = "a b".into();
+        }
+        let err = PoolerConfig::from_contract(&common(), &r)
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("PGSWARM_POOLER_TARGET_HOST"),
+            "{err}"
+        );
+    }
+}

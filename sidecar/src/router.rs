@@ -1,0 +1,391 @@
+//! Mode `router`: HAProxy in front of the Patroni members.
+//!
+//! The read-write port goes to the member whose Patroni REST API answers `GET /primary` with
+//! 200, the read-only port to the members answering `GET /replica`, and the optional worker
+//! port (Citus) to the worker groups' primaries. Members are addressed by service name and
+//! resolved at run time (`resolvers` from the container's resolv.conf, `init-addr
+//! last,libc,none`), so a member that is gone or not yet scheduled neither keeps HAProxy from
+//! starting nor from following the others. The configuration comes from `haproxy.cfg.hbs`.
+
+use std::path::PathBuf;
+
+use nix::sys::signal::Signal;
+use pgswarm_contract::{Common, Role};
+use serde::Serialize;
+use tracing::info;
+
+use crate::supervise::ChildSpec;
+use crate::templates::{write_file, Templates};
+
+/// Name of the template in `init-scripts/`.
+pub const TEMPLATE: &str = "haproxy.cfg.hbs";
+
+/// How long a soft stop waits for open sessions before closing them, seconds.
+pub const HARD_STOP_AFTER_S: u32 = 10;
+
+/// An error in the router's part of the contract.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouterConfigError {
+    #[error("the router needs at least one member in {var}", var = pgswarm_contract::env::ROUTER_MEMBERS)]
+    NoMembers,
+    #[error(
+        "{var} is set but {members} is empty: list the Citus worker members to balance over",
+        var = pgswarm_contract::env::ROUTER_WORKER_PORT,
+        members = pgswarm_contract::env::ROUTER_WORKER_MEMBERS
+    )]
+    NoWorkerMembers,
+    #[error(
+        "{list} lists {host:?}, which is not a service name, host name or IPv4 address",
+        list = pgswarm_contract::env::ROUTER_MEMBERS
+    )]
+    BadHost { host: String },
+    #[error("the router's ports must differ, but {what} both use {port}")]
+    PortClash { what: String, port: u16 },
+    #[error("{var}=0: the check interval must be at least 1 ms", var = pgswarm_contract::env::ROUTER_CHECK_INTERVAL_MS)]
+    ZeroInterval,
+    #[error("fall and rise must be at least 1 (got fall {fall}, rise {rise})")]
+    ZeroCount { fall: u32, rise: u32 },
+}
+
+/// One server line: a member by host name.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Server {
+    /// HAProxy's name for the server (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Service name or address.
+    pub host: String,
+}
+
+/// The optional port over Citus worker primaries.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorkerListen {
+    pub port: u16,
+    pub members: Vec<Server>,
+}
+
+/// Everything `haproxy.cfg.hbs` needs.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RouterConfig {
+    pub cluster: String,
+    pub members: Vec<Server>,
+    pub worker: Option<WorkerListen>,
+    pub pg_port: u16,
+    pub rest_port: u16,
+    pub rw_port: u16,
+    pub ro_port: u16,
+    pub check_interval_ms: u32,
+    pub check_timeout_ms: u32,
+    pub fall: u32,
+    pub rise: u32,
+    pub maxconn: u32,
+    pub hard_stop_after_s: u32,
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn servers(hosts: &[String]) -> Result<Vec<Server>, RouterConfigError> {
+    hosts
+        .iter()
+        .map(|host| {
+            if !valid_host(host) {
+                return Err(RouterConfigError::BadHost { host: host.clone() });
+            }
+            Ok(Server {
+                name: host.clone(),
+                host: host.clone(),
+            })
+        })
+        .collect()
+}
+
+impl RouterConfig {
+    /// The router's configuration from its contract; `None` when `role` is not a router.
+    pub fn from_contract(common: &Common, role: &Role) -> Option<Result<Self, RouterConfigError>> {
+        let Role::Router {
+            members,
+            worker_members,
+            pg_port,
+            rest_port,
+            rw_port,
+            ro_port,
+            worker_port,
+            check_interval_ms,
+            fall,
+            rise,
+        } = role
+        else {
+            return None;
+        };
+        Some((|| {
+            if members.is_empty() {
+                return Err(RouterConfigError::NoMembers);
+            }
+            if *check_interval_ms == 0 {
+                return Err(RouterConfigError::ZeroInterval);
+            }
+            if *fall == 0 || *rise == 0 {
+                return Err(RouterConfigError::ZeroCount {
+                    fall: *fall,
+                    rise: *rise,
+                });
+            }
+            let mut ports = vec![("read-write", *rw_port), ("read-only", *ro_port)];
+            if let Some(port) = worker_port {
+                ports.push(("worker", *port));
+            }
+            for (i, (a, pa)) in ports.iter().enumerate() {
+                if let Some((b, _)) = ports[i + 1..].iter().find(|(_, pb)| pb == pa) {
+                    return Err(RouterConfigError::PortClash {
+                        what: format!("the {a} and {b} ports"),
+                        port: *pa,
+                    });
+                }
+            }
+            let worker = match worker_port {
+                None => None,
+                Some(port) => {
+                    if worker_members.is_empty() {
+                        return Err(RouterConfigError::NoWorkerMembers);
+                    }
+                    Some(WorkerListen {
+                        port: *port,
+                        members: servers(worker_members)?,
+                    })
+                }
+            };
+            Ok(RouterConfig {
+                cluster: common.cluster.clone(),
+                members: servers(members)?,
+                worker,
+                pg_port: *pg_port,
+                rest_port: *rest_port,
+                rw_port: *rw_port,
+                ro_port: *ro_port,
+                check_interval_ms: *check_interval_ms,
+                // A check must end before the next one is due.
+                check_timeout_ms: (*check_interval_ms).clamp(200, 2000),
+                fall: *fall,
+                rise: *rise,
+                maxconn: 4096,
+                hard_stop_after_s: HARD_STOP_AFTER_S,
+            })
+        })())
+    }
+
+    /// The ports a healthy router listens on.
+    pub fn listen_ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.rw_port, self.ro_port];
+        if let Some(w) = &self.worker {
+            ports.push(w.port);
+        }
+        ports
+    }
+}
+
+/// Where haproxy.cfg goes inside the run directory.
+pub fn config_path(common: &Common) -> PathBuf {
+    PathBuf::from(&common.run_dir).join("haproxy.cfg")
+}
+
+/// Renders haproxy.cfg.
+pub fn render(templates: &Templates, config: &RouterConfig) -> anyhow::Result<String> {
+    templates.render(TEMPLATE, config)
+}
+
+/// Renders and writes haproxy.cfg, and returns the HAProxy process to supervise: master-worker
+/// in the foreground (`-W -db`); SIGTERM becomes a soft stop (SIGUSR1) bounded by
+/// `hard-stop-after`, SIGHUP reloads.
+pub fn prepare(
+    common: &Common,
+    templates: &Templates,
+    config: &RouterConfig,
+) -> anyhow::Result<ChildSpec> {
+    let path = config_path(common);
+    let text = render(templates, config)?;
+    // No credential in it; readable by the service user only all the same.
+    write_file(&path, text.as_bytes(), 0o640)?;
+    info!(
+        path = %path.display(),
+        members = config.members.len(),
+        rw_port = config.rw_port,
+        ro_port = config.ro_port,
+        "rendered haproxy.cfg"
+    );
+    Ok(ChildSpec::new("haproxy", "haproxy")
+        .args(["-W", "-db", "-f"])
+        .arg(path)
+        .forward(Signal::SIGTERM, Signal::SIGUSR1)
+        .forward(Signal::SIGINT, Signal::SIGUSR1)
+        .escalate_with(Signal::SIGTERM))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role() -> Role {
+        Role::Router {
+            members: vec!["pg1".into(), "pg2".into(), "pg3".into()],
+            worker_members: vec![],
+            pg_port: 5432,
+            rest_port: 8008,
+            rw_port: 5000,
+            ro_port: 5001,
+            worker_port: None,
+            check_interval_ms: 1000,
+            fall: 2,
+            rise: 1,
+        }
+    }
+
+    fn config(role: &Role) -> RouterConfig {
+        RouterConfig::from_contract(&Common::new("demo", "router"), role)
+            .expect("a router role")
+            .expect("valid")
+    }
+
+    fn section<'a>(text: &'a str, name: &str) -> &'a str {
+        let start = text
+            .find(&format!("\nlisten {name}\n"))
+            .unwrap_or_else(|| panic!("no listen {name} in\n{text}"));
+        let rest = &text[start + 1..];
+        let end = rest[1..].find("\nlisten ").map_or(rest.len(), |e| e + 1);
+        &rest[..end]
+    }
+
+    #[test]
+    fn read_write_goes_to_primary_and_read_only_to_replicas() {
+        let text = render(&Templates::default(), &config(&role())).unwrap();
+        let rw = section(&text, "rw");
+        assert!(rw.contains("bind :5000"), "{rw}");
+        assert!(rw.contains("http-check send meth GET uri /primary"), "{rw}");
+        assert!(rw.contains("http-check expect status 200"), "{rw}");
+        for m in ["pg1", "pg2", "pg3"] {
+            assert!(
+                rw.contains(&format!("server {m} {m}:5432 check port 8008")),
+                "{rw}"
+            );
+        }
+        let ro = section(&text, "ro");
+        assert!(ro.contains("bind :5001"), "{ro}");
+        assert!(ro.contains("uri /replica"), "{ro}");
+        assert!(ro.contains("server pg2 pg2:5432 check port 8008"), "{ro}");
+        assert!(!text.contains("listen workers"), "{text}");
+    }
+
+    #[test]
+    fn servers_resolve_at_run_time_and_drop_sessions_when_down() {
+        let text = render(&Templates::default(), &config(&role())).unwrap();
+        assert!(
+            text.contains("resolvers swarm\n    parse-resolv-conf"),
+            "{text}"
+        );
+        let default_server = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("default-server"))
+            .expect("default-server line");
+        for word in [
+            "inter 1000ms",
+            "fall 2",
+            "rise 1",
+            "on-marked-down shutdown-sessions",
+            "resolvers swarm",
+            "init-addr last,libc,none",
+        ] {
+            assert!(default_server.contains(word), "{word} in {default_server}");
+        }
+        for word in ["option tcpka", "option clitcpka", "option srvtcpka"] {
+            assert!(text.contains(word), "{word}");
+        }
+    }
+
+    #[test]
+    fn check_settings_come_from_the_contract() {
+        let mut r = role();
+        if let Role::Router {
+            check_interval_ms,
+            fall,
+            rise,
+            ..
+        } = &mut r
+        {
+            *check_interval_ms = 3000;
+            *fall = 3;
+            *rise = 2;
+        }
+        let text = render(&Templates::default(), &config(&r)).unwrap();
+        assert!(text.contains("inter 3000ms"), "{text}");
+        assert!(text.contains("fall 3 rise 2"), "{text}");
+        assert!(text.contains("timeout check 2000ms"), "{text}");
+    }
+
+    #[test]
+    fn worker_port_balances_over_worker_primaries() {
+        let mut r = role();
+        if let Role::Router {
+            worker_members,
+            worker_port,
+            ..
+        } = &mut r
+        {
+            *worker_members = vec!["w1a".into(), "w2a".into()];
+            *worker_port = Some(5002);
+        }
+        let c = config(&r);
+        assert_eq!(c.listen_ports(), vec![5000, 5001, 5002]);
+        let text = render(&Templates::default(), &c).unwrap();
+        let workers = section(&text, "workers");
+        assert!(workers.contains("bind :5002"), "{workers}");
+        assert!(workers.contains("uri /primary"), "{workers}");
+        assert!(
+            workers.contains("server w1a w1a:5432 check port 8008"),
+            "{workers}"
+        );
+        // The coordinator members stay on the read-write port, the workers only here.
+        assert!(!section(&text, "rw").contains("w1a"));
+    }
+
+    #[test]
+    fn bad_router_contracts_are_named() {
+        let mut r = role();
+        if let Role::Router { ro_port, .. } = &mut r {
+            *ro_port = 5000;
+        }
+        let err = RouterConfig::from_contract(&Common::new("demo", "router"), &r)
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("5000"), "{err}");
+
+        let mut r = role();
+        if let Role::Router { worker_port, .. } = &mut r {
+            *worker_port = Some(5002);
+        }
+        let err = RouterConfig::from_contract(&Common::new("demo", "router"), &r)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err, RouterConfigError::NoWorkerMembers);
+        assert!(err.to_string().contains("PGSWARM_ROUTER_WORKER_MEMBERS"));
+
+        let mut r = role();
+        if let Role::Router { members, .. } = &mut r {
+            members.push("bad host;".into());
+        }
+        let err = RouterConfig::from_contract(&Common::new("demo", "router"), &r)
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("bad host;"), "{err}");
+    }
+
+    #[test]
+    fn addresses_are_kept_as_given() {
+        let s = servers(&["127.0.0.2".into(), "demo_pg1".into()]).unwrap();
+        assert_eq!(s[0].host, "127.0.0.2");
+        assert_eq!(s[1].name, "demo_pg1");
+        assert!(servers(&["::1".into()]).is_err());
+    }
+}
