@@ -65,6 +65,15 @@ async fn sidecar_clone(dir: &TestDir, name: &str, primary_port: u16) -> (Duratio
         }
     })
     .await;
+    let log = replica.log_text();
+    let inner = log
+        .lines()
+        .find(|l| l.contains("clone complete"))
+        .and_then(|l| l.split("secs=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("?")
+        .to_string();
+    eprintln!("{name}: sidecar start to clone complete {elapsed:?}, of which pg_basebackup + rename {inner} s");
     superuser(port).await;
     // Let allocations settle once postgres runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -79,7 +88,10 @@ async fn sidecar_clone(dir: &TestDir, name: &str, primary_port: u16) -> (Duratio
 async fn clone_time_and_sidecar_memory() {
     let dir = TestDir::new();
     let p_port = free_port();
-    let primary = Sidecar::run(&dir, &primary_env(&dir, "pg1", p_port, &["r1", "r2"]));
+    let primary = Sidecar::run(
+        &dir,
+        &primary_env(&dir, "pg1", p_port, &["r1", "r2", "r3", "r4"]),
+    );
     let p = superuser(p_port).await;
     p.batch_execute(
         "CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 30) AS pad
@@ -102,15 +114,36 @@ async fn clone_time_and_sidecar_memory() {
     let mut plain = Vec::new();
     let mut through = Vec::new();
     let mut rss = Vec::new();
-    for (i, name) in ["r1", "r2"].iter().enumerate() {
+    for (i, name) in ["r1", "r2", "r3", "r4"].iter().enumerate() {
+        // Alternate the order, and flush the previous copy's dirty pages first, so neither
+        // side pays for the other's writes.
         let target = dir.path().join(format!("plain{i}"));
+        let sync = || {
+            let _ = std::process::Command::new("sync").status();
+        };
+        if i % 2 == 1 {
+            sync();
+            let (t, r) = sidecar_clone(&dir, name, p_port).await;
+            through.push(t);
+            rss.push(r);
+        }
+        sync();
         plain.push(plain_basebackup(&dir, p_port, &target));
         std::fs::remove_dir_all(&target).unwrap();
-        let (t, r) = sidecar_clone(&dir, name, p_port).await;
-        through.push(t);
-        rss.push(r);
+        if i % 2 == 0 {
+            sync();
+            let (t, r) = sidecar_clone(&dir, name, p_port).await;
+            through.push(t);
+            rss.push(r);
+        }
     }
     eprintln!("==== replication figures ====");
+    eprintln!(
+        "load average: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     eprintln!("database size (all databases): {size}");
     eprintln!(
         "sidecar VmRSS with postgres running: primary {primary_rss} KiB, replicas {rss:?} KiB"
