@@ -29,4 +29,6 @@ scripts/build-image.sh "$PGSWARM_IMAGE"
 echo "[swarm-e2e] image $PGSWARM_IMAGE built in $(( $(date +%s) - start )) s" >&2
 
 export PGSWARM_SKIP_IMAGE_BUILD=1
-cargo test -p pgswarm-swarm-tests -- --test-threads=1 "$@"
+# Errors print their cause chain; stack traces of anyhow errors add nothing here.
+export RUST_LIB_BACKTRACE=0
+cargo test -p pgswarm-swarm-tests -- --test-threads=1 --nocapture "$@"

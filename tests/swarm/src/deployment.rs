@@ -7,7 +7,7 @@
 //! the node labels — also when a scenario fails or panics. `PGSWARM_KEEP=1` keeps everything
 //! for a post-mortem and prints how to remove it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use pgswarm_contract::{defaults, Mode, Secret};
 use tracing::{info, warn};
 
-use crate::docker::{docker, docker_async, docker_with_stdin, lines};
+use crate::docker::{docker, docker_all_output, docker_async, docker_with_stdin, lines};
 use crate::image::{ensure_image, swarmctl_path};
 use crate::secrets::{Password, SecretSet};
 use crate::stack::Stack;
@@ -27,6 +27,9 @@ use crate::swarm::Swarm;
 const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 /// Label Docker puts on every task container of a service.
 const SERVICE_LABEL: &str = "com.docker.swarm.service.name";
+
+/// Failed tasks of one service after which waiting for its health is given up.
+const CRASH_LOOP_TASKS: usize = 12;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -284,6 +287,7 @@ impl Deployment {
         let keys: Vec<String> = self.stack.services()?.into_iter().map(|s| s.key).collect();
         let started = Instant::now();
         let mut last_log = Instant::now();
+        let mut failed_tasks: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         loop {
             let out = docker_async(&[
                 "ps",
@@ -321,6 +325,30 @@ impl Deployment {
                 info!(stack = %self.name, waiting_for = ?pending, elapsed = ?started.elapsed(),
                       "waiting for services to be healthy");
                 last_log = Instant::now();
+                // A service whose tasks keep failing will not get healthy by waiting longer.
+                for key in &pending {
+                    let failed = docker_async(&[
+                        "service",
+                        "ps",
+                        "-q",
+                        "--filter",
+                        "desired-state=shutdown",
+                        &self.service_name(key),
+                    ])
+                    .await
+                    .map(|o| lines(&o))
+                    .unwrap_or_default();
+                    let seen = failed_tasks.entry((*key).clone()).or_default();
+                    seen.extend(failed);
+                    if seen.len() >= CRASH_LOOP_TASKS {
+                        let diagnosis = self.diagnose(&[*key]).await;
+                        bail!(
+                            "stack {}: service {key} is crash-looping ({} failed tasks)\n{diagnosis}",
+                            self.name,
+                            seen.len()
+                        );
+                    }
+                }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -342,9 +370,8 @@ impl Deployment {
             .await
             .unwrap_or_else(|e| format!("{e:#}"));
             let logs =
-                docker_async(&["service", "logs", "--no-task-ids", "--tail", "30", &service])
-                    .await
-                    .unwrap_or_else(|e| format!("{e:#}"));
+                docker_all_output(&["service", "logs", "--no-task-ids", "--tail", "30", &service])
+                    .await;
             text.push_str(&format!(
                 "--- {service}: tasks\n{ps}--- {service}: last log lines\n{logs}\n"
             ));

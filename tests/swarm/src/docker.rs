@@ -48,6 +48,19 @@ pub async fn docker_async(args: &[&str]) -> Result<String> {
     check(args, output)
 }
 
+/// Runs `docker ARGS` without blocking and returns stdout and stderr together, whatever the
+/// exit status (for `docker service logs`, which keeps each line on the container's stream).
+pub async fn docker_all_output(args: &[&str]) -> String {
+    match tokio::process::Command::from(command(args)).output().await {
+        Ok(output) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(e) => format!("cannot run `docker {}`: {e}", args.join(" ")),
+    }
+}
+
 /// Runs `docker ARGS` with `input` on its standard input (how secrets are created: the value
 /// never appears on a command line or in a file).
 pub fn docker_with_stdin(args: &[&str], input: &[u8]) -> Result<String> {

@@ -16,6 +16,7 @@ use crate::docker::docker_async;
 use crate::patroni::{patroni_yml, PatroniCluster};
 use crate::pg::{wait_until, Endpoint};
 use crate::probe::{ProbeLog, WriteProbe};
+use crate::stack::Stack;
 
 /// Generous deadline for a stack to become healthy on a small machine.
 pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(420);
@@ -33,6 +34,20 @@ pub struct ReplicationReport {
     pub slot: String,
     pub ready_after: Duration,
     pub replicated_after: Duration,
+}
+
+/// The ports the replication scenario connects to: each member's PostgreSQL port.
+pub fn replication_ports(stack: &Stack) -> Result<Vec<(String, u16)>> {
+    let mut out = Vec::new();
+    for service in stack.services()? {
+        match &service.env.role {
+            Role::Primary { postgres, .. } | Role::Replica { postgres, .. } => {
+                out.push((service.key.clone(), postgres.port));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// The seed 003 checks on a deployed replication stack: the replica's slot is active on the

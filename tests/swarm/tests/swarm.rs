@@ -15,7 +15,7 @@ async fn replication_stack_streams_like_seed_003() -> anyhow::Result<()> {
     let image = ensure_image()?;
     let name = deployment::unique_name("e2erepl");
     let spec = specs::replication(&name, &image)?;
-    let dep = Deployment::deploy(&name, &spec, &|_| Ok(Vec::new()))?;
+    let dep = Deployment::deploy(&name, &spec, &scenarios::replication_ports)?;
     let report = scenarios::replication(&dep).await?;
     eprintln!(
         "replication: slot {} active and streaming; healthy {:.1} s after deploy; \
