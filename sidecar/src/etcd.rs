@@ -10,11 +10,17 @@
 //! Patroni's etcd3 client talks to etcd's gRPC gateway (`/v3/...`), which both versions serve
 //! on the client port by default (`--enable-grpc-gateway` defaults to true).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use pgswarm_contract::{defaults, env, Common, EtcdPeer, Role};
+use anyhow::{bail, Context as _};
+use nix::sys::signal::Signal;
+use pgswarm_contract::{defaults, env, Common, EtcdPeer, MemberEnv, Role};
+use tracing::{info, warn};
 
-use crate::supervise::ChildSpec;
+use crate::supervise::{self, ChildSpec};
+use crate::{http, ConfigError};
 
 /// An error in the etcd part of the contract.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -169,6 +175,58 @@ fn plan_member(
 /// as a stopped member, not a removed one).
 pub fn child_spec(plan: &EtcdPlan) -> ChildSpec {
     ChildSpec::new("etcd", "etcd").args(plan.args.iter())
+}
+
+/// Runs this etcd member to its end; returns etcd's exit code.
+pub async fn run(member: &MemberEnv) -> anyhow::Result<i32> {
+    let Some(plan) = plan(&member.common, &member.role) else {
+        bail!("mode {} is not an etcd member", member.mode());
+    };
+    let plan = plan.map_err(|e| ConfigError(e.to_string()))?;
+    if plan.cluster_size % 2 == 0 {
+        warn!(
+            members = plan.cluster_size,
+            "an even number of etcd members tolerates no more failures than one member fewer; \
+             use 3 or 5"
+        );
+    }
+    // etcd wants its data directory private.
+    std::fs::create_dir_all(&plan.data_dir)
+        .with_context(|| format!("creating {}", plan.data_dir.display()))?;
+    std::fs::set_permissions(&plan.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting mode 0700 on {}", plan.data_dir.display()))?;
+    if plan.existing_member {
+        info!(data_dir = %plan.data_dir.display(), "restarting the existing etcd member from its data");
+    } else {
+        info!(
+            data_dir = %plan.data_dir.display(),
+            members = plan.cluster_size,
+            advertise = %plan.advertise_host,
+            "starting a new etcd member of the initial cluster"
+        );
+    }
+    let code = supervise::supervise(child_spec(&plan), std::future::pending()).await?;
+    // etcd stops cleanly on SIGTERM and then re-raises it on itself, so a clean stop ends
+    // as "killed by SIGTERM" (143): report it as the clean exit it is.
+    if code == 128 + Signal::SIGTERM as i32 && supervise::stop_requested() {
+        info!("etcd stopped on request");
+        return Ok(0);
+    }
+    Ok(code)
+}
+
+/// Health: etcd answers `GET /health` on its client port with `"health":"true"` (it is part
+/// of a cluster that has a leader).
+pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
+    let Role::Etcd { client_port, .. } = &member.role else {
+        bail!("mode {} is not an etcd member", member.mode());
+    };
+    let (code, body) =
+        http::get("127.0.0.1", *client_port, "/health", Duration::from_secs(5)).await?;
+    if code != 200 || !body.contains("true") {
+        bail!("etcd answers GET /health with {code}: {}", body.trim());
+    }
+    Ok("etcd healthy (the cluster has a leader)".into())
 }
 
 #[cfg(test)]

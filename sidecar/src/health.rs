@@ -1,7 +1,8 @@
 //! `pgswarm-sidecar health`: the container's HEALTHCHECK, one check per mode.
 //!
 //! Primary and replica: PostgreSQL accepts a connection on its local socket and is in the
-//! expected role (a primary not in recovery, a replica in recovery).
+//! expected role (a primary not in recovery, a replica in recovery). Patroni, etcd, router and
+//! pooler: the `health` function of their modules.
 
 use anyhow::bail;
 use pgswarm_contract::{MemberEnv, Role};
@@ -14,7 +15,10 @@ pub async fn check(member: &MemberEnv) -> anyhow::Result<String> {
     match &member.role {
         Role::Primary { .. } => postgres_in_role(member, ServerRole::Primary).await,
         Role::Replica { .. } => postgres_in_role(member, ServerRole::Standby).await,
-        other => bail!("no health check for mode {} yet", other.mode()),
+        Role::Patroni { .. } => crate::patroni::health(member).await,
+        Role::Etcd { .. } => crate::etcd::health(member).await,
+        Role::Router { .. } => crate::router::health(member).await,
+        Role::Pooler { .. } => crate::pooler::health(member).await,
     }
 }
 

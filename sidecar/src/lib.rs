@@ -7,6 +7,7 @@
 
 pub mod etcd;
 pub mod health;
+pub mod http;
 pub mod logging;
 pub mod patroni;
 pub mod pooler;
@@ -54,12 +55,9 @@ pub async fn run(member: MemberEnv, secrets: Secrets, templates: Templates) -> a
         Role::Primary { .. } | Role::Replica { .. } => {
             replication::run(&member, &secrets, templates).await
         }
-        Role::Patroni { .. } | Role::Etcd { .. } | Role::Router { .. } | Role::Pooler { .. } => {
-            Err(ConfigError(format!(
-                "mode {} is not available in this build of pgswarm-sidecar yet",
-                member.mode()
-            ))
-            .into())
-        }
+        Role::Patroni { .. } => patroni::run(&member, &secrets).await,
+        Role::Etcd { .. } => etcd::run(&member).await,
+        Role::Router { .. } => router::run(&member, &templates).await,
+        Role::Pooler { .. } => pooler::run(&member, &secrets, &templates).await,
     }
 }

@@ -13,9 +13,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
+use std::time::Duration;
 
-use pgswarm_contract::{env, Citus, Common, Endpoint, Postgres, SynchronousMode};
+use anyhow::bail;
+use pgswarm_contract::{
+    env, Citus, Common, Endpoint, MemberEnv, Postgres, Role, Secret, SynchronousMode,
+};
 use serde::{Serialize, Serializer};
+use tracing::{info, warn};
+
+use crate::secrets::Secrets;
+use crate::supervise::{self, ChildSpec};
+use crate::{http, postgres, templates, ConfigError};
 
 /// Patroni's lower bound for the leader lock TTL, seconds.
 pub const MIN_TTL: u32 = 20;
@@ -537,6 +547,158 @@ pub fn to_text(config: &PatroniYml) -> Result<String, serde_json::Error> {
     let mut text = serde_json::to_string_pretty(config)?;
     text.push('\n');
     Ok(text)
+}
+
+impl<'a> PatroniSpec<'a> {
+    /// The Patroni part of `role`; `None` when it is another mode.
+    pub fn from_role(role: &'a Role) -> Option<Self> {
+        let Role::Patroni {
+            postgres,
+            etcd_hosts,
+            rest_port,
+            ttl,
+            loop_wait,
+            retry_timeout,
+            maximum_lag_on_failover,
+            synchronous_mode,
+            citus,
+        } = role
+        else {
+            return None;
+        };
+        Some(PatroniSpec {
+            postgres,
+            etcd_hosts,
+            rest_port: *rest_port,
+            ttl: *ttl,
+            loop_wait: *loop_wait,
+            retry_timeout: *retry_timeout,
+            maximum_lag_on_failover: *maximum_lag_on_failover,
+            synchronous_mode: *synchronous_mode,
+            citus: citus.as_ref(),
+        })
+    }
+}
+
+/// The installed Patroni's version, from `patroni --version`; `None` (with a warning) when
+/// it cannot be told.
+pub async fn installed_version() -> Option<PatroniVersion> {
+    match supervise::run(ChildSpec::new("patroni --version", "patroni").arg("--version")).await {
+        Ok(out) if out.code == 0 => {
+            let version = PatroniVersion::parse(&out.stdout);
+            if version.is_none() {
+                warn!(output = %out.stdout.trim(), "cannot read Patroni's version");
+            }
+            version
+        }
+        Ok(out) => {
+            warn!(code = out.code, stderr = %out.stderr.trim(), "patroni --version failed");
+            None
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "cannot run patroni --version");
+            None
+        }
+    }
+}
+
+/// Waits until one of the etcd endpoints answers `GET /health` with a healthy cluster.
+async fn wait_for_etcd(common: &Common, hosts: &[Endpoint]) -> anyhow::Result<()> {
+    let list = hosts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let what = format!("etcd (any of {list}) to report a healthy cluster");
+    info!(etcd = %list, "waiting for etcd to report a healthy cluster before starting Patroni");
+    crate::wait::wait_for(
+        &what,
+        Duration::from_secs(common.wait_timeout_secs),
+        || async {
+            let mut errors = Vec::new();
+            for host in hosts {
+                match http::get(&host.host, host.port, "/health", Duration::from_secs(3)).await {
+                    Ok((200, body)) if body.contains("true") => return Ok(()),
+                    Ok((code, body)) => errors.push(format!("{host}: {code} {}", body.trim())),
+                    Err(e) => errors.push(format!("{host}: {e:#}")),
+                }
+            }
+            bail!("{}", errors.join("; "))
+        },
+    )
+    .await
+}
+
+/// Runs this Patroni member to its end: checks and renders patroni.yml (0600, in the run
+/// directory), waits for etcd, then supervises Patroni. SIGTERM reaches Patroni as is: it
+/// stops PostgreSQL and, when it leads, hands the leader key over before it exits.
+pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
+    let common = &member.common;
+    let Some(spec) = PatroniSpec::from_role(&member.role) else {
+        bail!("mode {} is not a Patroni member", member.mode());
+    };
+    // Rules that need nothing from the host first, so a bad value fails at once.
+    Timing::new(spec.ttl, spec.loop_wait, spec.retry_timeout)
+        .map_err(|e| ConfigError(e.to_string()))?;
+    if common.replication_user == common.superuser {
+        return Err(ConfigError(format!(
+            "{} and {} are both {:?}: the replication role must not be the superuser",
+            env::REPLICATION_USER,
+            env::SUPERUSER,
+            common.superuser
+        ))
+        .into());
+    }
+    let bin_dir = postgres::find_bin_dir(spec.postgres.bin_dir.as_deref())?;
+    let host = HostFacts {
+        bin_dir: bin_dir.display().to_string(),
+        allowed_cidrs: postgres::allowed_cidrs(spec.postgres)?,
+        patroni_version: installed_version().await,
+    };
+    let credentials = PatroniCredentials {
+        superuser_password: secrets.get(Secret::SuperuserPassword)?.expose().to_string(),
+        replication_password: secrets
+            .get(Secret::ReplicationPassword)?
+            .expose()
+            .to_string(),
+        rest_password: secrets.get(Secret::RestPassword)?.expose().to_string(),
+    };
+    let config =
+        render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
+    let path = config_path(common);
+    templates::write_private(Path::new(&path), to_text(&config)?.as_bytes())?;
+    info!(
+        path = %path,
+        scope = %config.scope,
+        patroni = %host.patroni_version.map_or("unknown".into(), |v| v.to_string()),
+        bin_dir = %host.bin_dir,
+        citus_group = ?config.citus.as_ref().map(|c| c.group),
+        "rendered patroni.yml"
+    );
+    wait_for_etcd(common, spec.etcd_hosts).await?;
+    let child = ChildSpec::new("patroni", "patroni").arg(&path);
+    supervise::supervise(child, std::future::pending()).await
+}
+
+/// Health: Patroni's REST API answers `GET /health` with 200 (PostgreSQL is running, in
+/// whatever role).
+pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
+    let Some(spec) = PatroniSpec::from_role(&member.role) else {
+        bail!("mode {} is not a Patroni member", member.mode());
+    };
+    let host = http::local_host(&spec.postgres.listen_address);
+    let (code, body) = http::get(host, spec.rest_port, "/health", Duration::from_secs(5)).await?;
+    if code != 200 {
+        bail!(
+            "Patroni's REST API answers GET /health with {code}: {}",
+            body.trim()
+        );
+    }
+    let role = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("role").and_then(|r| r.as_str()).map(String::from))
+        .unwrap_or_else(|| "unknown role".into());
+    Ok(format!("Patroni healthy, PostgreSQL running as {role}"))
 }
 
 #[cfg(test)]

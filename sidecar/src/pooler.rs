@@ -7,14 +7,18 @@
 //! the server's, which a verifier made here with its own salt would not be.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::bail;
 use nix::sys::signal::Signal;
-use pgswarm_contract::{Common, Endpoint, PoolMode, Role};
+use pgswarm_contract::{Common, Endpoint, MemberEnv, PoolMode, Role, Secret};
 use serde::Serialize;
 use tracing::info;
 
-use crate::supervise::ChildSpec;
+use crate::secrets::Secrets;
+use crate::supervise::{self, ChildSpec};
 use crate::templates::{write_file, write_private, Templates};
+use crate::{http, ConfigError};
 
 /// Name of the template in `init-scripts/`.
 pub const TEMPLATE: &str = "pgbouncer.ini.hbs";
@@ -180,6 +184,37 @@ pub fn prepare(
     Ok(ChildSpec::new("pgbouncer", "pgbouncer")
         .arg(path)
         .forward(Signal::SIGTERM, Signal::SIGINT))
+}
+
+fn config_of(member: &MemberEnv) -> anyhow::Result<PoolerConfig> {
+    match PoolerConfig::from_contract(&member.common, &member.role) {
+        None => bail!("mode {} is not a pooler", member.mode()),
+        Some(config) => Ok(config.map_err(|e| ConfigError(e.to_string()))?),
+    }
+}
+
+/// Runs PgBouncer to its end; returns its exit code.
+pub async fn run(
+    member: &MemberEnv,
+    secrets: &Secrets,
+    templates: &Templates,
+) -> anyhow::Result<i32> {
+    let config = config_of(member)?;
+    let password = secrets.get(Secret::SuperuserPassword)?;
+    let child = prepare(&member.common, templates, &config, password.expose()).map_err(|e| {
+        match e.downcast::<PoolerConfigError>() {
+            Ok(e) => ConfigError(e.to_string()).into(),
+            Err(e) => e,
+        }
+    })?;
+    supervise::supervise(child, std::future::pending()).await
+}
+
+/// Health: PgBouncer accepts connections on its port.
+pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
+    let config = config_of(member)?;
+    http::listening("127.0.0.1", config.port, Duration::from_secs(5)).await?;
+    Ok(format!("pooler listening on port {}", config.port))
 }
 
 #[cfg(test)]

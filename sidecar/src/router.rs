@@ -8,14 +8,17 @@
 //! starting nor from following the others. The configuration comes from `haproxy.cfg.hbs`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::bail;
 use nix::sys::signal::Signal;
-use pgswarm_contract::{Common, Role};
+use pgswarm_contract::{Common, MemberEnv, Role};
 use serde::Serialize;
 use tracing::info;
 
-use crate::supervise::ChildSpec;
+use crate::supervise::{self, ChildSpec};
 use crate::templates::{write_file, Templates};
+use crate::{http, ConfigError};
 
 /// Name of the template in `init-scripts/`.
 pub const TEMPLATE: &str = "haproxy.cfg.hbs";
@@ -222,6 +225,30 @@ pub fn prepare(
         .forward(Signal::SIGTERM, Signal::SIGUSR1)
         .forward(Signal::SIGINT, Signal::SIGUSR1)
         .escalate_with(Signal::SIGTERM))
+}
+
+fn config_of(member: &MemberEnv) -> anyhow::Result<RouterConfig> {
+    match RouterConfig::from_contract(&member.common, &member.role) {
+        None => bail!("mode {} is not a router", member.mode()),
+        Some(config) => Ok(config.map_err(|e| ConfigError(e.to_string()))?),
+    }
+}
+
+/// Runs HAProxy to its end; returns its exit code.
+pub async fn run(member: &MemberEnv, templates: &Templates) -> anyhow::Result<i32> {
+    let config = config_of(member)?;
+    let child = prepare(&member.common, templates, &config)?;
+    supervise::supervise(child, std::future::pending()).await
+}
+
+/// Health: every port of the router accepts connections.
+pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
+    let config = config_of(member)?;
+    let ports = config.listen_ports();
+    for port in &ports {
+        http::listening("127.0.0.1", *port, Duration::from_secs(5)).await?;
+    }
+    Ok(format!("router listening on ports {ports:?}"))
 }
 
 #[cfg(test)]
