@@ -2,6 +2,8 @@
 //! default) or checks its `health`. Errors print their whole cause chain; the exit code is
 //! 2 for a bad configuration, 1 for other failures, and the child's own code otherwise.
 
+mod ctl;
+
 use std::path::Path;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +33,10 @@ enum Command {
     Run,
     /// Exit 0 when this member is healthy (for Docker's HEALTHCHECK), 1 otherwise.
     Health,
+    /// Operations `swarmctl` runs in this container (`docker exec`), with this member's
+    /// credentials read from its secret files; prints one JSON object.
+    #[command(subcommand)]
+    Ctl(ctl::CtlCommand),
 }
 
 fn main() {
@@ -51,6 +57,7 @@ fn real_main(command: Command) -> i32 {
     let result = match command {
         Command::Run => run(member),
         Command::Health => health(member),
+        Command::Ctl(command) => return ctl::run(&member, command),
     };
     match result {
         Ok(code) => code,
