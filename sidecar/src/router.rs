@@ -1,7 +1,8 @@
 //! Mode `router`: HAProxy in front of the Patroni members.
 //!
-//! The read-write port goes to the member whose Patroni REST API answers `GET /primary` with
-//! 200, the read-only port to the members answering `GET /replica`, and the optional worker
+//! The read-write port goes to the member whose Patroni REST API answers `/primary` with
+//! 200, the read-only port to the members answering `/replica` (checked with OPTIONS, which
+//! Patroni answers with the status line only), and the optional worker
 //! port (Citus) to the worker groups' primaries. Members are addressed by service name and
 //! resolved at run time (`resolvers` from the container's resolv.conf, `init-addr
 //! last,libc,none`), so a member that is gone or not yet scheduled neither keeps HAProxy from
@@ -290,7 +291,10 @@ mod tests {
         let text = render(&Templates::default(), &config(&role())).unwrap();
         let rw = section(&text, "rw");
         assert!(rw.contains("bind :5000"), "{rw}");
-        assert!(rw.contains("http-check send meth GET uri /primary"), "{rw}");
+        assert!(
+            rw.contains("http-check send meth OPTIONS uri /primary"),
+            "{rw}"
+        );
         assert!(rw.contains("http-check expect status 200"), "{rw}");
         for m in ["pg1", "pg2", "pg3"] {
             assert!(
