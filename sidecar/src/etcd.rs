@@ -215,18 +215,25 @@ pub async fn run(member: &MemberEnv) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// Health: etcd answers `GET /health` on its client port with `"health":"true"` (it is part
-/// of a cluster that has a leader).
+/// Health: etcd serves its client port (`GET /version` answers 200); the summary says whether
+/// the cluster has a leader (`GET /health`). A member of a cluster without quorum is not
+/// unhealthy itself: Swarm would replace it, which cannot bring the quorum back and only
+/// delays it.
 pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
     let Role::Etcd { client_port, .. } = &member.role else {
         bail!("mode {} is not an etcd member", member.mode());
     };
-    let (code, body) =
-        http::get("127.0.0.1", *client_port, "/health", Duration::from_secs(5)).await?;
-    if code != 200 || !body.contains("true") {
-        bail!("etcd answers GET /health with {code}: {}", body.trim());
+    let timeout = Duration::from_secs(5);
+    let (code, body) = http::get("127.0.0.1", *client_port, "/version", timeout).await?;
+    if code != 200 {
+        bail!("etcd answers GET /version with {code}: {}", body.trim());
     }
-    Ok("etcd healthy (the cluster has a leader)".into())
+    let quorum = match http::get("127.0.0.1", *client_port, "/health", timeout).await {
+        Ok((200, body)) if body.contains("true") => "the cluster has a leader",
+        Ok(_) => "the cluster has no leader (quorum lost or not formed yet)",
+        Err(_) => "cluster health unknown",
+    };
+    Ok(format!("etcd serving; {quorum}"))
 }
 
 #[cfg(test)]

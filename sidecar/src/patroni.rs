@@ -680,25 +680,31 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
     supervise::supervise(child, std::future::pending()).await
 }
 
-/// Health: Patroni's REST API answers `GET /health` with 200 (PostgreSQL is running, in
-/// whatever role).
+/// Health: Patroni's HA loop is alive (`GET /liveness` answers 200). Not `/health`, which
+/// fails whenever PostgreSQL is not running: Swarm replaces a task that turns unhealthy, and
+/// a replica still cloning its data, or a PostgreSQL that Patroni is restarting, must not be
+/// killed for it. The summary adds the role and state Patroni reports (`GET /patroni`).
 pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
     let Some(spec) = PatroniSpec::from_role(&member.role) else {
         bail!("mode {} is not a Patroni member", member.mode());
     };
     let host = http::local_host(&spec.postgres.listen_address);
-    let (code, body) = http::get(host, spec.rest_port, "/health", Duration::from_secs(5)).await?;
+    let timeout = Duration::from_secs(5);
+    let (code, _) = http::get(host, spec.rest_port, "/liveness", timeout).await?;
     if code != 200 {
-        bail!(
-            "Patroni's REST API answers GET /health with {code}: {}",
-            body.trim()
-        );
+        bail!("Patroni's REST API answers GET /liveness with {code}: its HA loop is stuck");
     }
-    let role = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("role").and_then(|r| r.as_str()).map(String::from))
-        .unwrap_or_else(|| "unknown role".into());
-    Ok(format!("Patroni healthy, PostgreSQL running as {role}"))
+    let state = match http::get(host, spec.rest_port, "/patroni", timeout).await {
+        Ok((_, body)) => serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .map(|v| {
+                let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+                format!("role {}, PostgreSQL {}", field("role"), field("state"))
+            })
+            .unwrap_or_else(|| "state unknown".into()),
+        Err(e) => format!("state unknown ({e:#})"),
+    };
+    Ok(format!("Patroni alive: {state}"))
 }
 
 #[cfg(test)]
