@@ -1,5 +1,6 @@
 //! `swarmctl` as a library: the cluster spec (parse, validate), the stack file it renders to,
-//! and the node-label scheme that pins members to nodes.
+//! the node-label scheme that pins members to nodes, and the operations on a swarm through
+//! the Docker Engine API.
 //!
 //! The binary in `main.rs` is a thin front door over these modules; other commands (labelling
 //! nodes, deploying, status) reuse the validated [`spec::Cluster`] model rather than the YAML.
@@ -7,6 +8,7 @@
 pub mod placement;
 pub mod render;
 pub mod spec;
+pub mod swarm;
 
 /// TCP keepalive timing used on every service (kernel sysctls) and in PostgreSQL's own
 /// `tcp_keepalives_*` defaults. A dead peer is noticed after `IDLE + INTERVAL * COUNT` seconds

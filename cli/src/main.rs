@@ -1,16 +1,19 @@
 //! `swarmctl`: PostgreSQL clusters on Docker Swarm. A cluster spec in, a stack file out.
 //!
-//! Exit codes: 0 success, 1 invalid spec, 2 any other error (unreadable file, bad arguments).
+//! Exit codes: 0 success, 1 invalid spec or failed checks (`doctor`), 2 any other error
+//! (unreadable file, bad arguments, Docker unreachable, ...).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use swarmctl::render;
 use swarmctl::spec::{self, Cluster, SpecError, Topology, Validated};
+use swarmctl::swarm::{self, progress::Progress, Engine};
 
-/// Exit code of an invalid spec.
+/// Exit code of an invalid spec, and of `doctor` when a check failed.
 const EXIT_INVALID: u8 = 1;
 /// Exit code of any other error.
 const EXIT_ERROR: u8 = 2;
@@ -19,8 +22,12 @@ const EXIT_ERROR: u8 = 2;
 #[command(
     name = "swarmctl",
     version,
-    about = "PostgreSQL clusters on Docker Swarm: a cluster spec in, a stack file out",
-    after_help = "Exit codes: 0 success, 1 invalid spec, 2 any other error."
+    about = "PostgreSQL clusters on Docker Swarm: a cluster spec in, a stack file out, and the \
+             cluster operated through the Docker API",
+    after_help = "Start here (a single-node swarm on this machine, the default Patroni cluster):\n  \
+                  swarmctl up\n\n\
+                  The Docker daemon is the local one, or DOCKER_HOST.\n\
+                  Exit codes: 0 success, 1 invalid spec or failed checks (doctor), 2 any other error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -58,6 +65,139 @@ enum Command {
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
     },
+    /// Put the node labels that pin each member to a node (spread over nodes and zones).
+    #[command(
+        after_help = "Members of one group go to distinct nodes (and zones, when the spec names a \
+                      zone label); a member keeps the node it is labelled on. Labels of this \
+                      cluster that no member needs any more are removed.\n\n\
+                      Examples:\n  swarmctl label-nodes -f demo.yml --dry-run\n  \
+                      swarmctl label-nodes -f demo.yml --assign pg1=node-a --assign pg2=node-b"
+    )]
+    LabelNodes {
+        /// The spec file, or `-` for standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Put MEMBER on NODE (hostname or node id); repeatable.
+        #[arg(long = "assign", value_name = "MEMBER=NODE")]
+        assign: Vec<String>,
+        /// Print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove every label of this cluster from every node instead.
+        #[arg(long, conflicts_with = "assign")]
+        remove: bool,
+    },
+    /// Check the swarm, create missing secrets, deploy the stack; with --wait, until healthy.
+    #[command(
+        after_help = "Passwords are generated as Docker secrets and never printed; read one from \
+                      inside a container, e.g.\n  \
+                      docker exec $(docker ps -q -f label=com.docker.swarm.service.name=demo_pg1 \
+                      | head -n1) cat /run/secrets/superuser_password\n\n\
+                      Example:\n  swarmctl deploy -f demo.yml --wait"
+    )]
+    Deploy {
+        /// The spec file, or `-` for standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Wait until every service is healthy and replication streams.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
+    /// Show each member: role, state, timeline, lag, node, task and health.
+    #[command(after_help = "Examples:\n  swarmctl status -f demo.yml\n  \
+                            swarmctl status -f demo.yml --output json")]
+    Status {
+        /// The spec file, or `-` for standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Hand the Patroni leader over to another member (planned, no data loss).
+    #[command(
+        after_help = "Returns once the new leader takes writes through the router's read-write \
+                      port.\n\nExamples:\n  swarmctl switchover -f demo.yml\n  \
+                      swarmctl switchover -f demo.yml --to pg2"
+    )]
+    Switchover {
+        /// The spec file, or `-` for standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The member to become leader (default: the best replica, chosen by Patroni).
+        #[arg(long, value_name = "MEMBER")]
+        to: Option<String>,
+        /// Seconds to wait for the new leader.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Check everything that would stop a deploy of the spec on this swarm.
+    #[command(
+        after_help = "Exit codes: 0 every check passed, 1 a check failed, 2 the checks could not \
+                      run.\n\nExample:\n  swarmctl doctor -f demo.yml"
+    )]
+    Doctor {
+        /// The spec file, or `-` for standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// From a machine with Docker to a healthy cluster: swarm, image, labels, secrets, deploy.
+    #[command(
+        after_help = "Without -f it deploys the embedded default spec (`swarmctl init` shows the \
+                      starters): a Patroni cluster named pgswarm with a router on 5000/5001 and \
+                      a pooler on 6432. A missing swarm is created on 127.0.0.1 (single node); a \
+                      missing image is built with scripts/build-image.sh from the repository.\n\n\
+                      Examples:\n  swarmctl up\n  swarmctl up -f demo.yml --image pgswarm:dev"
+    )]
+    Up {
+        /// Deploy this spec instead of the default one.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Use this image instead of the spec's.
+        #[arg(long)]
+        image: Option<String>,
+        /// Seconds to wait until healthy.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
+    /// Remove what `up` (or `deploy`) created: the stack; volumes and secrets only when asked.
+    #[command(
+        after_help = "Volumes (the data) are kept unless --volumes is given; with them go the \
+                      member labels.\n\nExamples:\n  swarmctl down\n  \
+                      swarmctl down -f demo.yml --volumes --secrets"
+    )]
+    Down {
+        /// The spec of the cluster (default: the one `up` deploys).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Also delete the members' volumes on this node (their data!) and the member labels.
+        #[arg(long)]
+        volumes: bool,
+        /// Also delete the cluster's Docker secrets (its passwords).
+        #[arg(long)]
+        secrets: bool,
+        /// Seconds to wait for the containers to stop.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  swarmctl completions bash > /etc/bash_completion.d/swarmctl"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,6 +221,8 @@ impl From<TopologyArg> for Topology {
 enum Failure {
     /// The spec is invalid; already described.
     Invalid(SpecError, String),
+    /// `doctor` found a problem; already printed.
+    ChecksFailed,
     /// Anything else.
     Other(anyhow::Error),
 }
@@ -100,6 +242,7 @@ fn main() -> ExitCode {
             eprintln!("{source}: {err}");
             ExitCode::from(EXIT_INVALID)
         }
+        Err(Failure::ChecksFailed) => ExitCode::from(EXIT_INVALID),
         Err(Failure::Other(err)) => {
             eprintln!("error: {err:#}");
             ExitCode::from(EXIT_ERROR)
@@ -109,6 +252,24 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "swarmctl", &mut std::io::stdout());
+        }
+        Command::LabelNodes { .. }
+        | Command::Deploy { .. }
+        | Command::Status { .. }
+        | Command::Switchover { .. }
+        | Command::Doctor { .. }
+        | Command::Up { .. }
+        | Command::Down { .. } => {
+            init_logging();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            return runtime.block_on(operate(command));
+        }
         Command::Init { topology, name } => {
             let text = spec::starter_spec(topology.into(), &name).map_err(|e| {
                 anyhow::anyhow!(
@@ -142,6 +303,218 @@ fn run(command: Command) -> Result<(), Failure> {
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Logs (`RUST_LOG`, default warnings only) on standard error, without colours when it is not
+/// a terminal; progress lines are printed apart from logs.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// A validated spec, its warnings printed.
+fn load_cluster(file: &Path) -> Result<Cluster, Failure> {
+    let (validated, source) = load(file)?;
+    print_warnings(&validated, &source);
+    Ok(validated.cluster)
+}
+
+/// The commands that operate a swarm through the Docker API.
+async fn operate(command: Command) -> Result<(), Failure> {
+    let mut progress = Progress::new();
+    match command {
+        Command::LabelNodes {
+            file,
+            assign,
+            dry_run,
+            remove,
+        } => {
+            let cluster = load_cluster(&file)?;
+            let explicit =
+                swarm::labels::parse_assignments(&assign).map_err(anyhow::Error::from)?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            engine.require_manager().await?;
+            let nodes = swarm::nodes::list(&engine).await?;
+            let changes = if remove {
+                let changes = swarm::labels::removal(&cluster.name, &nodes);
+                for c in &changes {
+                    for key in &c.remove {
+                        println!("remove {key} from node {}", c.hostname);
+                    }
+                }
+                changes
+            } else {
+                let plan = swarm::labels::plan(&cluster, &nodes, &explicit)
+                    .map_err(anyhow::Error::from)?;
+                for w in &plan.warnings {
+                    eprintln!("warning: {w}");
+                }
+                write_stdout(&plan.table())?;
+                plan.changes
+            };
+            if changes.is_empty() {
+                println!(
+                    "no change: the labels of cluster {} are in place",
+                    cluster.name
+                );
+            } else if dry_run {
+                println!(
+                    "dry run: {} node(s) would change; nothing was changed",
+                    changes.len()
+                );
+            } else {
+                for change in &changes {
+                    swarm::labels::apply(&engine, change).await?;
+                }
+                println!("updated the labels of {} node(s)", changes.len());
+            }
+        }
+        Command::Deploy {
+            file,
+            wait,
+            timeout,
+        } => {
+            let cluster = load_cluster(&file)?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            swarm::deploy::deploy(&engine, &cluster, &mut progress).await?;
+            if wait {
+                swarm::deploy::wait_ready(
+                    &engine,
+                    &cluster,
+                    Duration::from_secs(timeout),
+                    &mut progress,
+                )
+                .await?;
+                progress.say(&format!("cluster {} is ready", cluster.name));
+            } else {
+                progress.say(&format!(
+                    "deployed; follow it with `swarmctl status -f {}`",
+                    file.display()
+                ));
+            }
+        }
+        Command::Status { file, output } => {
+            let cluster = load_cluster(&file)?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let status = swarm::status::read(&engine, &cluster).await?;
+            match output {
+                OutputFormat::Table => write_stdout(&swarm::status::render_table(&status))?,
+                OutputFormat::Json => {
+                    let json = serde_json::to_string_pretty(&status)
+                        .context("cannot serialize the status")?;
+                    write_stdout(&format!("{json}\n"))?;
+                }
+            }
+        }
+        Command::Switchover { file, to, timeout } => {
+            let cluster = load_cluster(&file)?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let outcome = swarm::switchover::switchover(
+                &engine,
+                &cluster,
+                to.as_deref(),
+                Duration::from_secs(timeout),
+                &mut progress,
+            )
+            .await?;
+            println!(
+                "leader: {} -> {} (writes through the router after {:.1} s)",
+                outcome.old_leader, outcome.new_leader, outcome.seconds
+            );
+        }
+        Command::Doctor { file } => {
+            let cluster = load_cluster(&file)?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let report = swarm::doctor::run(&engine, &cluster).await?;
+            write_stdout(&report.render())?;
+            if report.failed() {
+                eprintln!("doctor: a check failed (FAIL above): a deploy would not succeed");
+                return Err(Failure::ChecksFailed);
+            }
+        }
+        Command::Up {
+            file,
+            image,
+            timeout,
+        } => {
+            let mut cluster = match file {
+                Some(f) => load_cluster(&f)?,
+                None => {
+                    spec::default_cluster()
+                        .map_err(|e| anyhow::anyhow!("the embedded default spec is invalid: {e}"))?
+                        .cluster
+                }
+            };
+            if let Some(image) = image {
+                cluster.image = image;
+            }
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            swarm::up::up(
+                &engine,
+                &cluster,
+                Duration::from_secs(timeout),
+                &mut progress,
+            )
+            .await?;
+        }
+        Command::Down {
+            file,
+            volumes,
+            secrets,
+            timeout,
+        } => {
+            let cluster = match file {
+                Some(f) => load_cluster(&f)?,
+                None => {
+                    spec::default_cluster()
+                        .map_err(|e| anyhow::anyhow!("the embedded default spec is invalid: {e}"))?
+                        .cluster
+                }
+            };
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let removed = swarm::up::down(
+                &engine,
+                &cluster,
+                volumes,
+                secrets,
+                Duration::from_secs(timeout),
+                &mut progress,
+            )
+            .await?;
+            println!(
+                "removed stack {}: {} service(s); volumes: {}; secrets: {}; member labels: {}",
+                cluster.name,
+                removed.services,
+                if volumes {
+                    removed.volumes.len().to_string()
+                } else {
+                    "kept (--volumes removes them)".into()
+                },
+                if secrets {
+                    removed.secrets.len().to_string()
+                } else {
+                    "kept (--secrets removes them)".into()
+                },
+                if volumes {
+                    removed.labels.to_string()
+                } else {
+                    "kept".into()
+                },
+            );
+        }
+        Command::Init { .. }
+        | Command::Validate { .. }
+        | Command::Generate { .. }
+        | Command::Completions { .. } => {
+            return Err(anyhow::anyhow!("not an operation on a swarm").into())
         }
     }
     Ok(())

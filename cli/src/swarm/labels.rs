@@ -1,0 +1,548 @@
+//! `label-nodes`: which node runs which member, expressed as the member labels the stack's
+//! placement constraints ask for ([`crate::placement::member_label_key`]).
+//!
+//! Planning is a pure function of the cluster, the nodes and the operator's explicit
+//! assignments. A member keeps the node it is already labelled on while that node can run it
+//! (its volume lives there); others go where the fewest members of their group already are
+//! (then the fewest of the group in the same zone, then the fewest members at all), so a group
+//! shares a node only when there are fewer nodes than members, and that is said in a warning.
+//! Applying the plan updates each node with its object version and retries on a conflict.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bollard::query_parameters::UpdateNodeOptions;
+
+use crate::placement::{member_label_key, MEMBER_LABEL_VALUE};
+use crate::spec::{Cluster, Service, ServiceKind};
+
+use super::constraints::node_matches;
+use super::engine::is_status;
+use super::nodes::NodeView;
+use super::{Engine, OpsError};
+
+/// The prefix shared by every member label of `cluster` (`pgswarm.<cluster>.`).
+pub fn cluster_label_prefix(cluster: &str) -> String {
+    member_label_key(cluster, "")
+}
+
+/// Whether `key` is a member label of `cluster`.
+pub fn is_cluster_label(cluster: &str, key: &str) -> bool {
+    key.strip_prefix(&cluster_label_prefix(cluster))
+        .is_some_and(|member| !member.is_empty() && !member.contains('.'))
+}
+
+/// The spread group of a service: members of one group should be on distinct nodes.
+pub fn group_of(service: &Service) -> String {
+    match service.kind {
+        ServiceKind::Data { group: Some(g) } => format!("citus group {g}"),
+        ServiceKind::Data { group: None } => "data".into(),
+        ServiceKind::Etcd => "etcd".into(),
+        ServiceKind::Router => "router".into(),
+        ServiceKind::Pooler => "pooler".into(),
+    }
+}
+
+/// Where one member goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub member: String,
+    pub group: String,
+    pub label: String,
+    pub node_id: String,
+    pub hostname: String,
+    /// The node's zone, when the spec names a zone label and the node has it.
+    pub zone: Option<String>,
+    /// Already labelled there before this run.
+    pub unchanged: bool,
+}
+
+/// Labels to add and remove on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeChange {
+    pub node_id: String,
+    pub hostname: String,
+    pub add: BTreeSet<String>,
+    pub remove: BTreeSet<String>,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub assignments: Vec<Assignment>,
+    pub changes: Vec<NodeChange>,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_noop(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The plan as a table, one row per member, then the node changes.
+    pub fn table(&self) -> String {
+        let mut rows = vec![vec![
+            "MEMBER".to_string(),
+            "GROUP".into(),
+            "NODE".into(),
+            "ZONE".into(),
+            "LABEL".into(),
+            "CHANGE".into(),
+        ]];
+        for a in &self.assignments {
+            rows.push(vec![
+                a.member.clone(),
+                a.group.clone(),
+                a.hostname.clone(),
+                a.zone.clone().unwrap_or_else(|| "-".into()),
+                format!("{}={MEMBER_LABEL_VALUE}", a.label),
+                if a.unchanged { "keep" } else { "add" }.into(),
+            ]);
+        }
+        let mut out = super::progress::table(&rows);
+        for c in &self.changes {
+            for key in &c.remove {
+                out.push_str(&format!(
+                    "remove {key} from node {} (no member of this cluster runs there any more)\n",
+                    c.hostname
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Parses `--assign MEMBER=NODE` arguments.
+pub fn parse_assignments(args: &[String]) -> Result<Vec<(String, String)>, OpsError> {
+    args.iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(m, n)| (m.trim().to_string(), n.trim().to_string()))
+                .filter(|(m, n)| !m.is_empty() && !n.is_empty())
+                .ok_or_else(|| {
+                    OpsError::BadAssignment(format!(
+                        "--assign {a:?} is not MEMBER=NODE (e.g. --assign pg1=node-a)"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Plans the member labels of `cluster` over `nodes`.
+pub fn plan(
+    cluster: &Cluster,
+    nodes: &[NodeView],
+    explicit: &[(String, String)],
+) -> Result<Plan, OpsError> {
+    let members: Vec<&Service> = cluster.labelled_members().collect();
+    let names: Vec<&str> = members.iter().map(|s| s.name.as_str()).collect();
+    let mut explicit_by_member: BTreeMap<&str, &NodeView> = BTreeMap::new();
+    for (member, node) in explicit {
+        if !names.contains(&member.as_str()) {
+            return Err(OpsError::BadAssignment(format!(
+                "--assign {member}={node}: cluster {} has no member {member:?} that is placed by \
+                 node labels; its members are: {}",
+                cluster.name,
+                names.join(", ")
+            )));
+        }
+        let found = nodes
+            .iter()
+            .find(|n| n.hostname == *node || n.id == *node)
+            .ok_or_else(|| {
+                OpsError::BadAssignment(format!(
+                    "--assign {member}={node}: the swarm has no node {node:?} (by hostname or \
+                     id); its nodes are: {}",
+                    nodes
+                        .iter()
+                        .map(|n| n.hostname.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        explicit_by_member.insert(member.as_str(), found);
+    }
+
+    let mut warnings = Vec::new();
+    let zone_of = |n: &NodeView| -> Option<String> {
+        cluster
+            .zone_label
+            .as_ref()
+            .and_then(|z| n.labels.get(z).cloned())
+    };
+    // Members placed so far: node id -> (member, group).
+    let mut placed: Vec<(String, String, String)> = Vec::new();
+    let mut assignments = Vec::new();
+    let mut pending = Vec::new();
+
+    for service in &members {
+        let Some(label) = service.placement.member_label.clone() else {
+            continue;
+        };
+        let group = group_of(service);
+        let current: Vec<&NodeView> = nodes
+            .iter()
+            .filter(|n| n.labels.get(&label).map(String::as_str) == Some(MEMBER_LABEL_VALUE))
+            .collect();
+        let chosen: Option<(&NodeView, bool)> =
+            if let Some(node) = explicit_by_member.get(service.name.as_str()) {
+                if let Some(reason) = node.unschedulable_reason() {
+                    warnings.push(format!(
+                        "{} is assigned to node {} as asked, but nothing will start there \
+                         until it is ready and active ({reason})",
+                        service.name, node.hostname
+                    ));
+                }
+                let already = current.len() == 1 && current[0].id == node.id;
+                Some((node, already))
+            } else if current.len() == 1 && current[0].is_schedulable() {
+                Some((current[0], true))
+            } else {
+                if let Some(old) = current.first() {
+                    let why = old
+                        .unschedulable_reason()
+                        .unwrap_or_else(|| "it is labelled on several nodes".into());
+                    warnings.push(format!(
+                        "{} moves away from node {} ({why}); its volume stays on that node, \
+                         so it starts on the new node from a fresh volume",
+                        service.name, old.hostname
+                    ));
+                }
+                None
+            };
+        match chosen {
+            Some((node, unchanged)) => {
+                placed.push((node.id.clone(), service.name.clone(), group.clone()));
+                assignments.push(Assignment {
+                    member: service.name.clone(),
+                    group,
+                    label,
+                    node_id: node.id.clone(),
+                    hostname: node.hostname.clone(),
+                    zone: zone_of(node),
+                    unchanged,
+                });
+            }
+            None => pending.push((*service, label, group)),
+        }
+    }
+
+    for (service, label, group) in pending {
+        let mut own = service.placement.all_constraints();
+        own.retain(|c| !c.contains(label.as_str()));
+        let candidates: Vec<&NodeView> = nodes
+            .iter()
+            .filter(|n| n.is_schedulable() && node_matches(&own, n))
+            .collect();
+        let score = |n: &NodeView| {
+            let same_group_here = placed
+                .iter()
+                .filter(|(id, _, g)| *id == n.id && *g == group)
+                .count();
+            let zone = zone_of(n);
+            let same_group_zone = match &zone {
+                Some(z) => placed
+                    .iter()
+                    .filter(|(id, _, g)| {
+                        *g == group
+                            && nodes
+                                .iter()
+                                .find(|o| o.id == *id)
+                                .and_then(zone_of)
+                                .as_ref()
+                                == Some(z)
+                    })
+                    .count(),
+                None => 0,
+            };
+            let total_here = placed.iter().filter(|(id, _, _)| *id == n.id).count();
+            (
+                same_group_here,
+                same_group_zone,
+                total_here,
+                n.hostname.clone(),
+            )
+        };
+        let Some(node) = candidates.iter().min_by_key(|n| score(n)) else {
+            return Err(OpsError::Unsatisfiable(format!(
+                "no ready, active node can run {} of cluster {}{}: bring a node back, make one \
+                 active (`docker node update --availability active NODE`), or assign it \
+                 explicitly with --assign {}=NODE",
+                service.name,
+                cluster.name,
+                if own.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with the constraints {}", own.join(", "))
+                },
+                service.name
+            )));
+        };
+        placed.push((node.id.clone(), service.name.clone(), group.clone()));
+        assignments.push(Assignment {
+            member: service.name.clone(),
+            group,
+            label,
+            node_id: node.id.clone(),
+            hostname: node.hostname.clone(),
+            zone: zone_of(node),
+            unchanged: false,
+        });
+    }
+    // Spec order in the table.
+    assignments.sort_by_key(|a| names.iter().position(|n| *n == a.member));
+
+    // Co-location: members of one group sharing a node.
+    let mut by_group_node: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for a in &assignments {
+        by_group_node
+            .entry((a.group.clone(), a.hostname.clone()))
+            .or_default()
+            .push(a.member.clone());
+    }
+    let schedulable = nodes.iter().filter(|n| n.is_schedulable()).count();
+    for ((group, host), members) in &by_group_node {
+        if members.len() > 1 {
+            warnings.push(format!(
+                "{group}: {} share node {host} ({schedulable} schedulable node(s) for \
+                 {} members): losing that node loses all of them; add nodes and run \
+                 label-nodes again to spread them",
+                members.join(", "),
+                assignments.iter().filter(|a| a.group == *group).count()
+            ));
+        }
+    }
+
+    // Label changes per node.
+    let mut changes = Vec::new();
+    for node in nodes {
+        let wanted: BTreeSet<String> = assignments
+            .iter()
+            .filter(|a| a.node_id == node.id)
+            .map(|a| a.label.clone())
+            .collect();
+        let add: BTreeSet<String> = wanted
+            .iter()
+            .filter(|k| node.labels.get(*k).map(String::as_str) != Some(MEMBER_LABEL_VALUE))
+            .cloned()
+            .collect();
+        let remove: BTreeSet<String> = node
+            .labels
+            .keys()
+            .filter(|k| is_cluster_label(&cluster.name, k) && !wanted.contains(*k))
+            .cloned()
+            .collect();
+        if !add.is_empty() || !remove.is_empty() {
+            changes.push(NodeChange {
+                node_id: node.id.clone(),
+                hostname: node.hostname.clone(),
+                add,
+                remove,
+            });
+        }
+    }
+    Ok(Plan {
+        assignments,
+        changes,
+        warnings,
+    })
+}
+
+/// The changes that remove every member label of `cluster` from `nodes`.
+pub fn removal(cluster: &str, nodes: &[NodeView]) -> Vec<NodeChange> {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            let remove: BTreeSet<String> = n
+                .labels
+                .keys()
+                .filter(|k| is_cluster_label(cluster, k))
+                .cloned()
+                .collect();
+            (!remove.is_empty()).then(|| NodeChange {
+                node_id: n.id.clone(),
+                hostname: n.hostname.clone(),
+                add: BTreeSet::new(),
+                remove,
+            })
+        })
+        .collect()
+}
+
+/// How many times a node update is tried when another writer changed the node in between.
+const UPDATE_ATTEMPTS: u32 = 6;
+
+/// Applies one node's change: read the node, change its labels, update it with the version
+/// read; on a version conflict read it again and retry.
+pub async fn apply(engine: &Engine, change: &NodeChange) -> anyhow::Result<()> {
+    for attempt in 1..=UPDATE_ATTEMPTS {
+        let node = engine
+            .docker
+            .inspect_node(&change.node_id)
+            .await
+            .with_context(|| format!("cannot inspect node {}", change.hostname))?;
+        let version = node
+            .version
+            .as_ref()
+            .and_then(|v| v.index)
+            .with_context(|| format!("node {} has no version", change.hostname))?;
+        let mut spec = node.spec.clone().unwrap_or_default();
+        let mut labels = spec.labels.take().unwrap_or_default();
+        for key in &change.remove {
+            labels.remove(key);
+        }
+        for key in &change.add {
+            labels.insert(key.clone(), MEMBER_LABEL_VALUE.to_string());
+        }
+        spec.labels = Some(labels);
+        let options = UpdateNodeOptions {
+            version: i64::try_from(version).unwrap_or(i64::MAX),
+        };
+        match engine
+            .docker
+            .update_node(&change.node_id, spec, options)
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(node = %change.hostname, attempt, "node labels updated");
+                return Ok(());
+            }
+            // 409: a conflict. Docker 20.10 reports swarmkit's "update out of sequence" (the
+            // version was stale) as 500; both mean: read the node again and retry.
+            Err(e) if (is_status(&e, 409) || is_status(&e, 500)) && attempt < UPDATE_ATTEMPTS => {
+                tracing::debug!(node = %change.hostname, attempt, error = %e, "node changed meanwhile; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot update the labels of node {}", change.hostname)
+                })
+            }
+        }
+    }
+    bail!(
+        "node {} kept changing while its labels were updated ({UPDATE_ATTEMPTS} attempts); try again",
+        change.hostname
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swarm::constraints::tests::node;
+
+    fn cluster(text: &str) -> Cluster {
+        crate::spec::parse(text).expect("valid spec").cluster
+    }
+
+    #[test]
+    fn one_node_takes_every_member_with_a_warning_per_group() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let plan = plan(&c, &[node("vm", &[])], &[]).expect("plan");
+        assert_eq!(plan.assignments.len(), 6);
+        assert!(plan.assignments.iter().all(|a| a.hostname == "vm"));
+        assert_eq!(plan.changes.len(), 1);
+        assert_eq!(plan.changes[0].add.len(), 6);
+        assert!(plan
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("data: pg1, pg2, pg3 share")));
+        assert!(plan.warnings.iter().any(|w| w.starts_with("etcd:")));
+    }
+
+    #[test]
+    fn members_of_a_group_spread_over_nodes_and_zones() {
+        let c = cluster("name: demo\ntopology: patroni\nplacement:\n  zone_label: zone\n");
+        let nodes = vec![
+            node("a1", &[("zone", "a")]),
+            node("a2", &[("zone", "a")]),
+            node("b1", &[("zone", "b")]),
+        ];
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        let data: Vec<&Assignment> = plan
+            .assignments
+            .iter()
+            .filter(|a| a.group == "data")
+            .collect();
+        let hosts: BTreeSet<&str> = data.iter().map(|a| a.hostname.as_str()).collect();
+        assert_eq!(hosts.len(), 3, "{plan:?}");
+        // The first two data members land in different zones.
+        assert_ne!(data[0].zone, data[1].zone);
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn drained_nodes_are_skipped_and_a_second_run_is_a_noop() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let mut drained = node("d", &[]);
+        drained.availability = "drain".into();
+        let mut nodes = vec![node("a", &[]), node("b", &[]), drained];
+        let first = plan(&c, &nodes, &[]).expect("plan");
+        assert!(first.assignments.iter().all(|a| a.hostname != "d"));
+        for change in &first.changes {
+            let n = nodes
+                .iter_mut()
+                .find(|n| n.id == change.node_id)
+                .expect("node");
+            for k in &change.add {
+                n.labels.insert(k.clone(), "true".into());
+            }
+        }
+        let second = plan(&c, &nodes, &[]).expect("plan");
+        assert!(second.is_noop(), "{second:?}");
+        assert!(second.assignments.iter().all(|a| a.unchanged));
+    }
+
+    #[test]
+    fn explicit_assignments_win_and_stale_labels_are_removed() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let nodes = vec![
+            node(
+                "a",
+                &[
+                    ("pgswarm.demo.pg1", "true"),
+                    ("pgswarm.demo.old", "true"),
+                    ("pgswarm.other.pg1", "true"),
+                ],
+            ),
+            node("b", &[]),
+        ];
+        let plan = plan(&c, &nodes, &[("pg1".into(), "b".into())]).expect("plan");
+        let pg1 = plan
+            .assignments
+            .iter()
+            .find(|a| a.member == "pg1")
+            .expect("pg1");
+        assert_eq!(pg1.hostname, "b");
+        let a = plan
+            .changes
+            .iter()
+            .find(|c| c.hostname == "a")
+            .expect("a changes");
+        assert!(a.remove.contains("pgswarm.demo.pg1"));
+        assert!(a.remove.contains("pgswarm.demo.old"));
+        assert!(!a.remove.contains("pgswarm.other.pg1"));
+    }
+
+    #[test]
+    fn unknown_members_and_nodes_are_named() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let nodes = vec![node("a", &[])];
+        let err = plan(&c, &nodes, &[("pg9".into(), "a".into())]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("no member \"pg9\""), "{text}");
+        assert!(text.contains("pg1, pg2, pg3"), "{text}");
+        let err = plan(&c, &nodes, &[("pg1".into(), "zz".into())]).unwrap_err();
+        assert!(err.to_string().contains("no node \"zz\""), "{err}");
+        assert!(parse_assignments(&["pg1".into()]).is_err());
+    }
+
+    #[test]
+    fn cluster_labels_are_told_apart_from_other_clusters() {
+        assert!(is_cluster_label("demo", "pgswarm.demo.pg1"));
+        assert!(!is_cluster_label("demo", "pgswarm.demo2.pg1"));
+        assert!(!is_cluster_label("demo", "pgswarm.demo."));
+        assert!(member_label_key("demo", "pg1").starts_with(&cluster_label_prefix("demo")));
+    }
+}

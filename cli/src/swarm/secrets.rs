@@ -1,0 +1,159 @@
+//! The cluster's Docker secrets: which exist, and creating the missing ones with strong
+//! random passwords. A generated password is handed to the daemon and dropped; it is never
+//! printed or written anywhere else. It can be read back only from inside a container that
+//! mounts it (`docker exec CONTAINER cat /run/secrets/superuser_password`).
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::Context;
+use bollard::models::SecretSpec;
+use pgswarm_contract::Secret;
+
+use crate::render::labels;
+use crate::spec::Cluster;
+
+use super::Engine;
+
+/// Random bytes per password: 24 bytes = 192 bits, 32 characters once encoded.
+const PASSWORD_BYTES: usize = 24;
+
+/// Alphabet of generated passwords: letters and digits only, so a password needs no quoting
+/// in a connection string, a shell or a YAML file (base64's `+/=` would).
+const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A random password of 32 letters and digits from the operating system's random source.
+pub fn random_password() -> anyhow::Result<String> {
+    let mut out = String::with_capacity(32);
+    // Rejection sampling keeps every character equally likely.
+    while out.len() < 32 {
+        let mut buf = [0u8; PASSWORD_BYTES];
+        getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+        for b in buf {
+            if (b as usize) < 4 * ALPHABET.len() && out.len() < 32 {
+                out.push(ALPHABET[(b as usize) % ALPHABET.len()] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Standard base64 (the Engine API's encoding of secret data).
+pub fn base64(data: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Names of the Docker secrets that exist.
+pub async fn existing(engine: &Engine) -> anyhow::Result<BTreeSet<String>> {
+    let secrets = engine
+        .docker
+        .list_secrets(None::<bollard::query_parameters::ListSecretsOptions>)
+        .await
+        .context("cannot list the Docker secrets")?;
+    Ok(secrets
+        .into_iter()
+        .filter_map(|s| s.spec.and_then(|spec| spec.name))
+        .collect())
+}
+
+/// The Docker secret names `cluster` needs that do not exist yet.
+pub async fn missing(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Vec<Secret>> {
+    let existing = existing(engine).await?;
+    Ok(cluster
+        .secrets()
+        .into_iter()
+        .filter(|s| !existing.contains(&s.docker_name(&cluster.name)))
+        .collect())
+}
+
+/// Creates the missing secrets of `cluster`; returns the names created.
+pub async fn create_missing(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    let mut created = Vec::new();
+    for secret in missing(engine, cluster).await? {
+        let name = secret.docker_name(&cluster.name);
+        let password = random_password()?;
+        engine
+            .docker
+            .create_secret(SecretSpec {
+                name: Some(name.clone()),
+                labels: Some(HashMap::from([(
+                    labels::CLUSTER.to_string(),
+                    cluster.name.clone(),
+                )])),
+                data: Some(base64(password.as_bytes())),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create the Docker secret {name}"))?;
+        tracing::info!(secret = %name, "created a Docker secret with a random password");
+        created.push(name);
+    }
+    Ok(created)
+}
+
+/// Removes the Docker secrets of `cluster` that exist; returns the names removed.
+pub async fn remove(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    let existing = existing(engine).await?;
+    let mut removed = Vec::new();
+    for secret in cluster.secrets() {
+        let name = secret.docker_name(&cluster.name);
+        if existing.contains(&name) {
+            engine
+                .docker
+                .delete_secret(&name)
+                .await
+                .with_context(|| format!("cannot remove the Docker secret {name}"))?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// The command that prints a secret of `cluster` from inside one of its containers.
+pub fn read_command(cluster: &Cluster, secret: Secret, member: &str) -> String {
+    format!(
+        "docker exec $(docker ps -q -f label={}={} | head -n1) cat {}",
+        super::SERVICE_NAME_LABEL,
+        super::service_name(&cluster.name, member),
+        secret.default_path()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_examples() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn passwords_are_long_alphanumeric_and_differ() {
+        let a = random_password().expect("random");
+        let b = random_password().expect("random");
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,287 @@
+//! `switchover`: a planned change of the Patroni leader. Patroni's REST API does it (`POST
+//! /switchover` with the REST credentials, sent by `patronictl` inside a member container, so
+//! the password never leaves it); then this waits until Patroni lists the new leader running
+//! and a write through the router's read-write port commits — the moment clients can write
+//! again — and checks that the status agrees.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use pgswarm_contract::Mode;
+use serde_json::Value;
+
+use crate::spec::{Cluster, Service, ServiceKind, Topology};
+
+use super::exec::exec;
+use super::progress::Progress;
+use super::status::{self, db_view, docker_view, ServiceView};
+use super::{nodes, Engine};
+
+/// What a switchover did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub old_leader: String,
+    pub new_leader: String,
+    /// Address of the server that took the write through the router.
+    pub write_server: String,
+    pub seconds: f64,
+}
+
+fn group_of(service: &Service) -> Option<u32> {
+    match service.kind {
+        ServiceKind::Data { group } => group,
+        _ => None,
+    }
+}
+
+/// Runs `pgswarm-sidecar ctl write-check` through `host:port` from a local container that
+/// holds the superuser secret; returns the server address that took the write.
+pub async fn write_check(
+    engine: &Engine,
+    cluster: &Cluster,
+    views: &[ServiceView],
+    host: &str,
+    port: u16,
+) -> anyhow::Result<String> {
+    let container = cluster
+        .services
+        .iter()
+        .filter(|s| s.mode() != Mode::Etcd)
+        .find_map(|s| {
+            views
+                .iter()
+                .find(|v| v.member == s.name)
+                .and_then(|v| v.container.clone())
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no container of cluster {} holding the superuser secret runs on this node",
+                cluster.name
+            )
+        })?;
+    let port_text = port.to_string();
+    let out = exec(
+        engine,
+        &container,
+        &[
+            "pgswarm-sidecar",
+            "ctl",
+            "write-check",
+            "--host",
+            host,
+            "--port",
+            &port_text,
+        ],
+    )
+    .await?
+    .into_stdout(&format!("the write check through {host}:{port}"))?;
+    let value: Value = serde_json::from_str(out.trim())
+        .with_context(|| format!("the write check printed no JSON: {out}"))?;
+    Ok(value
+        .get("server")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string())
+}
+
+/// Where writes go: the router's read-write port, or the member itself without a router.
+pub fn write_target(cluster: &Cluster, member: &str) -> (String, u16) {
+    match (cluster.router(), cluster.router_ports()) {
+        (Some(router), Some((rw, _, _))) => (router.name.clone(), rw),
+        _ => {
+            let port = cluster
+                .service(member)
+                .and_then(|s| match &s.env.role {
+                    pgswarm_contract::Role::Patroni { postgres, .. } => Some(postgres.port),
+                    _ => None,
+                })
+                .unwrap_or(pgswarm_contract::defaults::PG_PORT);
+            (member.to_string(), port)
+        }
+    }
+}
+
+/// Switches the leader of the group of `to` (or of the only / coordinator group) over.
+pub async fn switchover(
+    engine: &Engine,
+    cluster: &Cluster,
+    to: Option<&str>,
+    timeout: Duration,
+    progress: &mut Progress,
+) -> anyhow::Result<Outcome> {
+    if cluster.topology == Topology::Replication {
+        bail!(
+            "cluster {} uses the replication topology, which has no consensus to hand the \
+             primary over safely; switchover needs topology patroni or citus",
+            cluster.name
+        );
+    }
+    engine.require_manager().await?;
+    let target =
+        match to {
+            Some(name) => Some(cluster.data_members().find(|s| s.name == name).ok_or_else(
+                || {
+                    anyhow!(
+                        "--to {name}: cluster {} has no PostgreSQL member {name:?}; its members \
+                         are: {}",
+                        cluster.name,
+                        cluster
+                            .data_members()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+            )?),
+            None => None,
+        };
+    let group = match (target, cluster.topology) {
+        (Some(t), _) => group_of(t),
+        (None, Topology::Citus) => Some(0),
+        _ => None,
+    };
+    let nodes = nodes::list(engine).await?;
+    let views = docker_view(engine, cluster, &nodes).await?;
+    let db = db_view(engine, cluster, &views)
+        .await
+        .context("cannot read Patroni's view of the cluster")?;
+    let in_group: Vec<&Service> = cluster
+        .data_members()
+        .filter(|s| group_of(s) == group)
+        .collect();
+    let leader = in_group
+        .iter()
+        .find(|s| db.get(&s.name).is_some_and(|r| r.role == "leader"))
+        .map(|s| s.name.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "Patroni lists no leader{} right now; see `swarmctl status`",
+                group.map_or(String::new(), |g| format!(" in group {g}"))
+            )
+        })?;
+    if let Some(t) = target {
+        if t.name == leader {
+            bail!("{} is already the leader: nothing to switch over", t.name);
+        }
+        let state = db
+            .get(&t.name)
+            .map(|r| r.state.as_str())
+            .unwrap_or("absent");
+        if state != "streaming" {
+            bail!(
+                "{} is not a streaming replica (state {state}): it cannot take over; pick a \
+                 streaming member (see `swarmctl status`)",
+                t.name
+            );
+        }
+    }
+    // Ask from the leader's container when it runs here, else from any member of the group.
+    let container = std::iter::once(leader.as_str())
+        .chain(in_group.iter().map(|s| s.name.as_str()))
+        .find_map(|m| {
+            views
+                .iter()
+                .find(|v| v.member == m)
+                .and_then(|v| v.container.clone())
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no member of this group runs on this node: run swarmctl on a node that runs one"
+            )
+        })?;
+    let yml = status::patroni_yml(in_group[0]);
+    let group_text = group.map(|g| g.to_string());
+    let mut cmd: Vec<&str> = vec![
+        "patronictl",
+        "-c",
+        &yml,
+        "switchover",
+        "--leader",
+        &leader,
+        "--force",
+    ];
+    if let Some(t) = target {
+        cmd.extend(["--candidate", t.name.as_str()]);
+    }
+    if let Some(g) = &group_text {
+        cmd.extend(["--group", g.as_str()]);
+    }
+    progress.say(&format!(
+        "switchover: asking Patroni to hand the leader over from {leader} to {}",
+        target.map_or("the best replica", |t| t.name.as_str())
+    ));
+    let started = Instant::now();
+    let out = exec(engine, &container, &cmd)
+        .await?
+        .into_stdout("patronictl switchover")?;
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        tracing::debug!(output = %line, "patronictl switchover");
+    }
+
+    let deadline = started + timeout;
+    let (host, port) = loop {
+        let views = docker_view(engine, cluster, &nodes).await?;
+        let now = db_view(engine, cluster, &views).await.ok();
+        let new = now.as_ref().and_then(|db| {
+            in_group
+                .iter()
+                .find(|s| {
+                    db.get(&s.name)
+                        .is_some_and(|r| r.role == "leader" && r.state == "running")
+                })
+                .map(|s| s.name.clone())
+        });
+        match new {
+            Some(n) if n != leader && target.is_none_or(|t| t.name == n) => {
+                progress.say(&format!("Patroni lists {n} as the running leader"));
+                break write_target(cluster, &n);
+            }
+            _ => progress.update("waiting for Patroni to list the new leader"),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the switchover from {leader} was requested, but Patroni lists no new running \
+                 leader after {} s; see `swarmctl status`",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let server = loop {
+        let views = docker_view(engine, cluster, &nodes).await?;
+        match write_check(engine, cluster, &views, &host, port).await {
+            Ok(server) => break server,
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    return Err(e.context(format!(
+                        "the new leader does not take writes through {host}:{port} after {} s",
+                        timeout.as_secs()
+                    )));
+                }
+                progress.update(&format!("waiting for a write through {host}:{port}"));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let status = status::read(engine, cluster).await?;
+    let new_leader = status
+        .leaders
+        .iter()
+        .find(|l| in_group.iter().any(|s| &&s.name == l))
+        .cloned()
+        .ok_or_else(|| anyhow!("after the switchover, status lists no leader in this group"))?;
+    if new_leader == leader {
+        bail!("after the switchover, status still lists {leader} as the leader");
+    }
+    progress.say(&format!(
+        "switchover done: leader {leader} -> {new_leader}; a write through {host}:{port} \
+         committed (server {server}) {seconds:.1} s after the request"
+    ));
+    Ok(Outcome {
+        old_leader: leader,
+        new_leader,
+        write_server: server,
+        seconds,
+    })
+}
