@@ -423,6 +423,7 @@ pub fn render(
     credentials: &PatroniCredentials,
 ) -> Result<PatroniYml, PatroniConfigError> {
     let timing = Timing::new(spec.ttl, spec.loop_wait, spec.retry_timeout)?;
+    // An unknown version is given the benefit of the doubt: the image ships Patroni 4.
     if spec.synchronous_mode == SynchronousMode::Quorum {
         if let Some(found) = host.patroni_version.filter(|v| !v.supports_quorum()) {
             return Err(PatroniConfigError::QuorumUnsupported { found });
@@ -675,6 +676,12 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         citus_group = ?config.citus.as_ref().map(|c| c.group),
         "rendered patroni.yml"
     );
+    // Patroni asks the other members for their state through a Python thread pool, whose
+    // locks are POSIX semaphores in /dev/shm: without a writable /dev/shm it cannot pick a
+    // new leader (Docker mounts one; a bare chroot may not).
+    if nix::unistd::access("/dev/shm", nix::unistd::AccessFlags::W_OK).is_err() {
+        warn!("/dev/shm is not writable: Patroni will fail when it has to elect a new leader; mount a tmpfs there");
+    }
     wait_for_etcd(common, spec.etcd_hosts).await?;
     let child = ChildSpec::new("patroni", "patroni").arg(&path);
     supervise::supervise(child, std::future::pending()).await
