@@ -455,6 +455,11 @@ pub fn render(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    if spec.citus.is_some() {
+        // Patroni forces it in Citus mode (the coordinator uses logical replication to move
+        // shards); say so in the file rather than leave a value Patroni overrides.
+        dcs_parameters.insert("wal_level".into(), "logical".into());
+    }
     // Member-local parameters.
     let mut local_parameters: BTreeMap<String, String> = [
         ("password_encryption", "scram-sha-256"),
@@ -930,6 +935,10 @@ mod tests {
             let y = yaml_of(&config);
             assert_eq!(y["citus"]["group"].as_u64(), Some(u64::from(group)));
             assert_eq!(y["citus"]["database"].as_str(), Some("citus"));
+            assert_eq!(
+                y["bootstrap"]["dcs"]["postgresql"]["parameters"]["wal_level"].as_str(),
+                Some("logical")
+            );
             assert_eq!(
                 y["scope"].as_str(),
                 Some("demo"),
