@@ -393,6 +393,13 @@ async fn three_patroni_members_behind_router_and_pooler_fail_over_on_sigterm() {
         Ok(c)
     })
     .await;
+    let users = format!("{}/pgbouncer.users", pooler.common.run_dir);
+    let mode = std::fs::metadata(&users)
+        .expect("PgBouncer's auth file exists")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "{users} mode {mode:o}");
     let pooled_addr = simple_value(&via_pooler, "SELECT host(inet_server_addr())")
         .await
         .expect("server address through the pooler");
