@@ -3,8 +3,10 @@
 //! never travel: not on a command line, not in an exec's environment, not to the operator's
 //! machine.
 //!
-//! Each subcommand prints one JSON object on standard output and exits 0, or prints the error
-//! on standard error and exits 1.
+//! `write-check` commits a throw-away write (switchover), `query` runs SQL and prints its rows
+//! (Citus scale-out reads `pg_dist_node` and drives the rebalance with it). Each subcommand
+//! prints one JSON object on standard output and exits 0, or prints the error on standard
+//! error and exits 1.
 
 use std::time::Duration;
 
@@ -34,6 +36,27 @@ pub enum CtlCommand {
         /// Seconds to wait for the connection.
         #[arg(long, default_value_t = 5)]
         connect_timeout: u64,
+    },
+    /// Connect to HOST:PORT as the superuser (password from its secret file), run SQL with
+    /// the simple query protocol and print the rows: `{"columns": [...], "rows": [[...]]}`,
+    /// every value as text or null. Errors carry PostgreSQL's SQLSTATE, detail and hint.
+    Query {
+        /// Host to connect to: 127.0.0.1 for this member, a router or a member (service name).
+        #[arg(long)]
+        host: String,
+        /// Port on that host.
+        #[arg(long)]
+        port: u16,
+        /// Database to connect to.
+        #[arg(long, default_value = "postgres")]
+        dbname: String,
+        /// Seconds to wait for the connection.
+        #[arg(long, default_value_t = 5)]
+        connect_timeout: u64,
+        /// The SQL; several statements separated by `;` run in one implicit transaction
+        /// unless they manage their own.
+        #[arg(long)]
+        sql: String,
     },
 }
 
@@ -73,16 +96,24 @@ async fn dispatch(member: &MemberEnv, command: CtlCommand) -> anyhow::Result<ser
             dbname,
             connect_timeout,
         } => write_check(member, &host, port, &dbname, connect_timeout).await,
+        CtlCommand::Query {
+            host,
+            port,
+            dbname,
+            connect_timeout,
+            sql,
+        } => query(member, &host, port, &dbname, connect_timeout, &sql).await,
     }
 }
 
-async fn write_check(
+/// A superuser connection to `host:port`, the password read from its secret file here.
+async fn superuser_client(
     member: &MemberEnv,
     host: &str,
     port: u16,
     dbname: &str,
     connect_timeout: u64,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<tokio_postgres::Client> {
     let common = &member.common;
     let password = read_secret(common, Secret::SuperuserPassword)?;
     let mut config = tokio_postgres::Config::new();
@@ -94,8 +125,77 @@ async fn write_check(
         .dbname(dbname)
         .application_name("pgswarm-ctl")
         .connect_timeout(Duration::from_secs(connect_timeout));
-    let what = format!("{host}:{port} as {}", common.superuser);
-    let client = connect(&config, &what).await?;
+    let what = format!("{host}:{port} (database {dbname}) as {}", common.superuser);
+    connect(&config, &what).await
+}
+
+/// PostgreSQL's own words for a failed statement: message, SQLSTATE, detail and hint.
+fn describe_db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text
+        }
+        None => format!("{e:#}"),
+    }
+}
+
+/// The rows of `messages` as JSON: the columns of the first result with rows, and every row.
+fn rows_json(messages: &[SimpleQueryMessage]) -> serde_json::Value {
+    let mut columns: Vec<String> = Vec::new();
+    let mut rows: Vec<Vec<Option<String>>> = Vec::new();
+    for message in messages {
+        if let SimpleQueryMessage::Row(row) = message {
+            if columns.is_empty() {
+                columns = row.columns().iter().map(|c| c.name().to_string()).collect();
+            }
+            rows.push(
+                (0..row.len())
+                    .map(|i| row.get(i).map(String::from))
+                    .collect(),
+            );
+        }
+    }
+    json!({ "columns": columns, "rows": rows })
+}
+
+async fn query(
+    member: &MemberEnv,
+    host: &str,
+    port: u16,
+    dbname: &str,
+    connect_timeout: u64,
+    sql: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let client = superuser_client(member, host, port, dbname, connect_timeout).await?;
+    let messages = client.simple_query(sql).await.map_err(|e| {
+        anyhow!(
+            "the query on {host}:{port} (database {dbname}) failed: {}",
+            describe_db_error(&e)
+        )
+    })?;
+    Ok(rows_json(&messages))
+}
+
+async fn write_check(
+    member: &MemberEnv,
+    host: &str,
+    port: u16,
+    dbname: &str,
+    connect_timeout: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let client = superuser_client(member, host, port, dbname, connect_timeout).await?;
     let messages = client
         .simple_query(WRITE_CHECK_SQL)
         .await
