@@ -183,6 +183,9 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         timeout: u64,
     },
+    /// Citus operations: scale-out by worker groups.
+    #[command(subcommand)]
+    Citus(CitusCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  swarmctl completions bash > /etc/bash_completion.d/swarmctl"
@@ -191,6 +194,34 @@ enum Command {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum CitusCommand {
+    /// Deploy the worker groups added to the spec, wait until Patroni registers their
+    /// primaries in pg_dist_node, then rebalance the shards, showing progress until done.
+    #[command(
+        after_help = "The image must have the Citus extension (the Dockerfile's CITUS_VERSION \
+                      build argument). SQL runs on the coordinator's primary through the router, \
+                      from a container of the cluster on this node.\n\n\
+                      Example (group 3 added to demo.yml):\n  \
+                      swarmctl citus add-group -f demo.yml --group 3"
+    )]
+    AddGroup {
+        /// The spec file, or `-` for standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// A worker group to wait for; repeatable (default: every worker group of the spec).
+        #[arg(long = "group", value_name = "N")]
+        groups: Vec<u32>,
+        /// Seconds to wait for the deployment and the registration (the rebalance itself is
+        /// followed until it ends).
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// How Citus moves shards.
+        #[arg(long, value_enum, default_value = "auto")]
+        shard_transfer_mode: swarm::citus::ShardTransferMode,
     },
 }
 
@@ -262,7 +293,8 @@ fn run(command: Command) -> Result<(), Failure> {
         | Command::Switchover { .. }
         | Command::Doctor { .. }
         | Command::Up { .. }
-        | Command::Down { .. } => {
+        | Command::Down { .. }
+        | Command::Citus(_) => {
             init_logging();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -509,6 +541,36 @@ async fn operate(command: Command) -> Result<(), Failure> {
                     "kept".into()
                 },
             );
+        }
+        Command::Citus(CitusCommand::AddGroup {
+            file,
+            groups,
+            timeout,
+            shard_transfer_mode,
+        }) => {
+            let cluster = load_cluster(&file)?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let options = swarm::citus::AddGroupOptions {
+                groups,
+                timeout: Duration::from_secs(timeout),
+                transfer_mode: shard_transfer_mode,
+            };
+            let outcome =
+                swarm::citus::add_group(&engine, &cluster, &options, &mut progress).await?;
+            for r in &outcome.registered {
+                println!(
+                    "group {}: primary {}:{} registered in pg_dist_node",
+                    r.group, r.node, r.port
+                );
+            }
+            match outcome.rebalance {
+                swarm::citus::RebalanceOutcome::NothingToMove => {
+                    println!("rebalance: nothing to move, the shards are balanced")
+                }
+                swarm::citus::RebalanceOutcome::Finished { job_id, tasks } => {
+                    println!("rebalance job {job_id} finished ({tasks} tasks)")
+                }
+            }
         }
         Command::Init { .. }
         | Command::Validate { .. }
