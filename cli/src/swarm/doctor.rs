@@ -213,7 +213,17 @@ pub async fn run(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Report> {
             format!("every service of {} fits a ready node", cluster.name),
         );
     }
-    for u in bad {
+    // A missing member label is reported above already.
+    for u in bad.into_iter().filter(|u| {
+        !cluster
+            .service(&u.service)
+            .and_then(|s| s.placement.member_label.as_ref())
+            .is_some_and(|key| {
+                u.constraint
+                    .as_ref()
+                    .is_some_and(|c| c.contains(key.as_str()))
+            })
+    }) {
         report.add(Verdict::Fail, "placement", u.message);
     }
 

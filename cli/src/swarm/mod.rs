@@ -44,9 +44,8 @@ pub fn service_name(cluster: &str, member: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     #[error(
-        "cannot reach the Docker daemon at {endpoint}: {source}\n  is Docker installed and \
-         running, and may this user use it? (check `docker info`; DOCKER_HOST selects another \
-         daemon)"
+        "cannot reach the Docker daemon at {endpoint} (is Docker installed and running, and may \
+         this user use it? `docker info` tells; DOCKER_HOST selects another daemon)"
     )]
     Unreachable {
         endpoint: String,

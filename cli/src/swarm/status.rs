@@ -40,6 +40,9 @@ pub struct ServiceView {
     /// `healthy`, `starting`, `unhealthy`, `none` (no healthcheck), `remote` (on another node,
     /// not visible from here) or `-` (no container).
     pub health: String,
+    /// What the last failed healthcheck printed, when the container is not healthy.
+    #[serde(skip)]
+    pub health_output: String,
     /// A running container of the service on this node.
     #[serde(skip)]
     pub container: Option<String>,
@@ -68,6 +71,9 @@ impl ServiceView {
         }
         if !self.task_message.is_empty() && self.task_message != self.task_state {
             s.push_str(&format!(": {}", self.task_message));
+        }
+        if !self.health_output.is_empty() {
+            s.push_str(&format!("; last healthcheck: {}", self.health_output));
         }
         s
     }
@@ -161,6 +167,7 @@ async fn service_view(
         task_message: String::new(),
         node: "-".into(),
         health: "-".into(),
+        health_output: String::new(),
         container: None,
         last_container: None,
     };
@@ -236,7 +243,29 @@ async fn service_view(
                 if state.running == Some(true) {
                     view.container = Some(id);
                 }
-                view.health = match state.health.and_then(|h| h.status) {
+                let health = state.health.unwrap_or_default();
+                let last_output = health
+                    .log
+                    .as_ref()
+                    .and_then(|log| log.last())
+                    .filter(|r| r.exit_code != Some(0))
+                    .and_then(|r| r.output.clone())
+                    .unwrap_or_default();
+                // The sidecar's health output is a log line; its message is what matters.
+                view.health_output = last_output
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(|l| {
+                        l.split_once(" ERROR ")
+                            .map_or(l, |(_, m)| m)
+                            .trim()
+                            .chars()
+                            .take(200)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                view.health = match health.status {
                     Some(HealthStatusEnum::HEALTHY) => "healthy",
                     Some(HealthStatusEnum::UNHEALTHY) => "unhealthy",
                     Some(HealthStatusEnum::STARTING) => "starting",
