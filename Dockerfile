@@ -14,11 +14,13 @@
 #   BASE_IMAGE        base image (default debian:trixie-slim)
 #   PGSWARM_BINARIES  `host` (default: copy target/release/{swarmctl,pgswarm-sidecar} from the
 #                     build context) or `source` (build them inside the image build)
-#   CITUS_VERSION     e.g. `13.2`: adds the Citus extension (package postgresql-17-citus-13.2)
-#                     from the Citus project's Debian repository. Empty by default: the default
-#                     build uses Debian's archive only.
-#   CITUS_DIST        the distribution of the Citus repository to use (default trixie; set
-#                     bookworm if the repository has no trixie packages yet)
+#   CITUS_VERSION     e.g. `13.2` (major.minor): adds the Citus extension, package
+#                     postgresql-17-citus-13.2, from the Citus project's Debian repository
+#                     (https://repos.citusdata.com/community/debian/). Empty by default: the
+#                     default build uses Debian's archive only.
+#   CITUS_DIST        the suites of the Citus repository to try, in order (default
+#                     "trixie bookworm": the repository serves trixie only from Citus 14 on;
+#                     13.x for PostgreSQL 17 comes from bookworm, whose package installs on trixie)
 #
 # The stages below are both built by Docker's legacy builder, so neither needs anything
 # beyond the base image.
@@ -58,7 +60,7 @@ RUN set -eu; \
 # Stage 2: the runtime image.
 FROM ${BASE_IMAGE}
 ARG CITUS_VERSION=
-ARG CITUS_DIST=trixie
+ARG CITUS_DIST="trixie bookworm"
 
 # Packaged services must not start during the build; python3-etcd is listed explicitly
 # because without Recommends Debian's patroni would otherwise pull python3-consul only and
@@ -78,14 +80,33 @@ RUN set -eu; \
         haproxy \
         pgbouncer; \
     if [ -n "$CITUS_VERSION" ]; then \
+        if ! echo "$CITUS_VERSION" | grep -Eq '^[0-9]+[.][0-9]+$'; then \
+            echo "CITUS_VERSION must be a Citus major.minor such as 13.2 (the package is" \
+                 "postgresql-17-citus-<major.minor>), got '$CITUS_VERSION'" >&2; \
+            exit 1; \
+        fi; \
+        citus_pkg="postgresql-17-citus-$CITUS_VERSION"; \
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends curl gnupg; \
         curl -fsSL https://repos.citusdata.com/community/gpgkey \
             | gpg --dearmor -o /usr/share/keyrings/citusdata-community.gpg; \
-        echo "deb [signed-by=/usr/share/keyrings/citusdata-community.gpg] https://repos.citusdata.com/community/debian/ $CITUS_DIST main" \
-            > /etc/apt/sources.list.d/citusdata-community.list; \
-        apt-get update; \
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-            "postgresql-17-citus-$CITUS_VERSION"; \
+        citus_suite=; \
+        for dist in $CITUS_DIST; do \
+            echo "deb [signed-by=/usr/share/keyrings/citusdata-community.gpg] https://repos.citusdata.com/community/debian/ $dist main" \
+                > /etc/apt/sources.list.d/citusdata-community.list; \
+            if apt-get update && apt-cache show "$citus_pkg" >/dev/null 2>&1; then \
+                citus_suite="$dist"; \
+                break; \
+            fi; \
+            echo "$citus_pkg is not in the Citus repository's $dist suite; trying the next" >&2; \
+        done; \
+        if [ -z "$citus_suite" ]; then \
+            echo "$citus_pkg is in none of the Citus repository's suites ($CITUS_DIST): check" \
+                 "CITUS_VERSION against the Citus releases, or name another suite in CITUS_DIST" >&2; \
+            exit 1; \
+        fi; \
+        echo "installing $citus_pkg from the Citus repository's $citus_suite suite"; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$citus_pkg"; \
+        ls /usr/share/postgresql/17/extension/citus.control; \
         apt-get purge -y --auto-remove curl gnupg; \
     fi; \
     rm -f /usr/sbin/policy-rc.d; \
