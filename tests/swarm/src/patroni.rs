@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::deployment::Deployment;
 use crate::docker::docker_async;
-use crate::pg::{wait_until, Endpoint};
+use crate::pg::{wait_until, Check, Endpoint};
 
 /// Where the sidecar renders patroni.yml inside a member (the contract's run directory).
 pub fn patroni_yml() -> String {
@@ -53,6 +53,20 @@ pub fn parse_list(json: &str) -> Result<Vec<MemberState>> {
             })
         })
         .collect()
+}
+
+/// `patronictl list` in one line: `pg1 Leader running TL2, pg2 Replica streaming TL2`.
+pub fn describe(list: &[MemberState]) -> String {
+    if list.is_empty() {
+        return "patronictl lists no member".into();
+    }
+    list.iter()
+        .map(|m| {
+            let tl = m.timeline.map(|t| format!(" TL{t}")).unwrap_or_default();
+            format!("{} {} {}{tl}", m.name, m.role, m.state)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A Patroni topology deployed for a scenario.
@@ -181,17 +195,22 @@ impl PatroniCluster {
         }
     }
 
-    /// True when every member is listed, one is the running leader, the others stream, one of
-    /// them as sync standby in synchronous mode.
-    pub async fn is_ready(&self) -> Result<bool> {
+    /// Done when every member is listed, one is the running leader, the others stream, one of
+    /// them as sync standby in synchronous mode; else what patronictl shows.
+    pub async fn is_ready(&self) -> Result<Check> {
         let list = self.list(None).await?;
         let leaders = list.iter().filter(|m| m.is_leader()).count();
         let streaming = list.iter().filter(|m| m.is_streaming_replica()).count();
         let sync_ok = !self.synchronous || list.iter().any(|m| m.role.contains("Sync"));
-        Ok(list.len() == self.members.len()
+        let ready = list.len() == self.members.len()
             && leaders == 1
             && streaming + 1 == self.members.len()
-            && sync_ok)
+            && sync_ok;
+        Ok(if ready {
+            Check::Done
+        } else {
+            Check::Pending(describe(&list))
+        })
     }
 
     /// Waits until [`Self::is_ready`] and a write through the router's read-write port works.

@@ -70,26 +70,45 @@ impl Endpoint {
     }
 }
 
-/// Runs `check` until it returns `Ok(true)`, or fails with `what` after `timeout`. The
-/// last error (or "condition false") is part of the failure.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<Duration>
+/// The answer of one check in [`wait_until`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Done,
+    /// Not yet, with what was seen (shown while waiting and in the timeout error).
+    Pending(String),
+}
+
+impl From<bool> for Check {
+    fn from(done: bool) -> Check {
+        if done {
+            Check::Done
+        } else {
+            Check::Pending("condition not met yet".into())
+        }
+    }
+}
+
+/// Runs `check` until it is done, or fails naming `what` after `timeout`, with the last
+/// state seen (or the last error).
+pub async fn wait_until<F, Fut, C>(what: &str, timeout: Duration, mut check: F) -> Result<Duration>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
+    Fut: std::future::Future<Output = Result<C>>,
+    C: Into<Check>,
 {
     let started = Instant::now();
     let mut last_log = Instant::now();
     loop {
-        let last = match check().await {
-            Ok(true) => return Ok(started.elapsed()),
-            Ok(false) => "condition not met yet".to_string(),
+        let last = match check().await.map(Into::into) {
+            Ok(Check::Done) => return Ok(started.elapsed()),
+            Ok(Check::Pending(seen)) => seen,
             Err(e) => format!("{e:#}"),
         };
         if started.elapsed() > timeout {
-            bail!("{what}: not true after {timeout:?} (last: {last})");
+            bail!("{what}: not true after {timeout:?} (last seen: {last})");
         }
         if last_log.elapsed() > Duration::from_secs(10) {
-            tracing::info!(waiting_for = what, elapsed = ?started.elapsed(), last = %last, "waiting");
+            tracing::info!(waiting_for = what, elapsed = ?started.elapsed(), seen = %last, "waiting");
             last_log = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -58,13 +58,19 @@ async fn killing_the_leader_fails_over_without_losing_commits() -> anyhow::Resul
     let name = deployment::unique_name("e2efail");
     let spec = specs::patroni(&name, &image, true)?;
     let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
-    let report = scenarios::failover(&cluster, "failover_probe").await?;
     assert!(
         cluster.synchronous,
         "the failover stack must run synchronous mode"
     );
-    assert_eq!(report.lost, 0, "acknowledged commits lost: {report}");
+    let report = scenarios::failover(&cluster, "failover_probe").await?;
     eprintln!("{report}");
+    assert_eq!(report.lost, 0, "acknowledged commits lost: {report}");
+    assert!(
+        report.failed_over,
+        "no failover: the killed leader {} came back within the leader lock's TTL and took its \
+         lock again, so no replica took over ({report})",
+        report.old_leader
+    );
     Ok(())
 }
 
