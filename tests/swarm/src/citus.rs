@@ -723,24 +723,27 @@ pub async fn seed_000(cluster: &CitusCluster) -> Result<CitusReport> {
         "pg_dist_node lists {primaries:?}, Patroni's leaders are {leaders:?}"
     );
 
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE users (
-                 id bigint PRIMARY KEY,
-                 name text NOT NULL,
-                 email text NOT NULL,
-                 created_at timestamptz NOT NULL DEFAULT now());
-             SELECT create_distributed_table('users', 'id');
-             INSERT INTO users (id, name, email)
-                 SELECT i, 'user_' || i, 'user_' || i || '@example.com'
-                 FROM generate_series(1, {USERS}) AS i;
-             CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
-             SELECT create_reference_table('countries');
-             INSERT INTO countries VALUES ('TR', 'Türkiye'), ('DE', 'Germany'),
-                                          ('US', 'United States');"
-        ))
-        .await
-        .context("creating and filling the distributed and reference tables")?;
+    // One statement per transaction, as in the seed: Citus refuses some DDL (creating a
+    // reference table) after a parallel multi-shard write in the same transaction.
+    let insert_users = format!(
+        "INSERT INTO users (id, name, email) \
+         SELECT i, 'user_' || i, 'user_' || i || '@example.com' FROM generate_series(1, {USERS}) AS i"
+    );
+    for sql in [
+        "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, email text NOT NULL, \
+         created_at timestamptz NOT NULL DEFAULT now())",
+        "SELECT create_distributed_table('users', 'id')",
+        insert_users.as_str(),
+        "CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL)",
+        "SELECT create_reference_table('countries')",
+        "INSERT INTO countries VALUES ('TR', 'Türkiye'), ('DE', 'Germany'), \
+         ('US', 'United States')",
+    ] {
+        client
+            .batch_execute(sql)
+            .await
+            .with_context(|| format!("the walkthrough's `{sql}` failed"))?;
+    }
     let initial = check_queries(cluster, &client, USERS).await?;
     let worker_port_group = check_worker_port(cluster).await?;
     drop(client);
@@ -748,10 +751,24 @@ pub async fn seed_000(cluster: &CitusCluster) -> Result<CitusReport> {
     let coordinator_failover = kill_group_leader(cluster, 0, USERS, 1001..=1010).await?;
     let worker_failover = kill_group_leader(cluster, 1, USERS + 10, 1011..=1020).await?;
     check_worker_port(cluster).await?;
+    let client = cluster.rw.connect(Duration::from_secs(60)).await?;
+    let last = check_queries(cluster, &client, USERS + 20).await?;
+    // PgBouncer (transaction pooling) in front of the router reaches the coordinator too.
     let pooled = cluster.pooler.connect(Duration::from_secs(60)).await?;
-    let last = check_queries(cluster, &pooled, USERS + 20)
+    let counted = pooled
+        .simple_query("SELECT count(*) FROM users")
         .await
-        .context("the walkthrough's queries through PgBouncer")?;
+        .context("SELECT count(*) FROM users through PgBouncer failed")?
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(String::from),
+            _ => None,
+        });
+    ensure!(
+        counted.as_deref() == Some((USERS + 20).to_string().as_str()),
+        "count(*) of users through PgBouncer is {counted:?}, expected {}",
+        USERS + 20
+    );
     ensure!(
         last.primaries.get(&1) == Some(&worker_failover.new_leader)
             && last.primaries.get(&0) == Some(&coordinator_failover.new_leader),
