@@ -272,6 +272,19 @@ impl Deployment {
         }
     }
 
+    /// Docker's health status of a container (`healthy`, `starting`, `unhealthy`, or `none`
+    /// without a healthcheck).
+    pub async fn health(&self, container: &str) -> Result<String> {
+        let out = docker_async(&[
+            "inspect",
+            "--format",
+            "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
+            container,
+        ])
+        .await?;
+        Ok(out.trim().to_string())
+    }
+
     /// `docker exec` in the running container of `key`; returns stdout.
     pub async fn exec(&self, key: &str, args: &[&str]) -> Result<String> {
         let container = self.wait_container(key, Duration::from_secs(60)).await?;

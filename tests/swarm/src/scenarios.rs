@@ -358,6 +358,15 @@ async fn ensure_not_reinitialised(
     Ok(())
 }
 
+/// True when member `key` runs in a container other than `old` that Docker reports healthy
+/// (for a Patroni member: Patroni's REST API answers and PostgreSQL runs).
+async fn replaced_and_healthy(cluster: &PatroniCluster, key: &str, old: &str) -> Result<bool> {
+    match cluster.dep.container(key).await? {
+        Some(current) if current != old => Ok(cluster.dep.health(&current).await? == "healthy"),
+        _ => Ok(false),
+    }
+}
+
 /// Stops the probe and counts acknowledged commits missing from `table` on the leader.
 async fn finish_probe(
     cluster: &PatroniCluster,
@@ -404,7 +413,7 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
 
     // A leader on a new timeline: another member, or the killed one promoted again.
     let found = std::sync::Mutex::new(String::new());
-    let leader_after = wait_until(
+    wait_until(
         &format!("a leader on a timeline after {timeline_before} once {old_leader} was killed"),
         RECOVERY_TIMEOUT,
         || async {
@@ -424,6 +433,7 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
         },
     )
     .await?;
+    let leader_after = killed_at.elapsed();
     let new_leader = found.into_inner().unwrap_or_default();
     let failed_over = new_leader != old_leader;
     if failed_over {
@@ -431,16 +441,18 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
             &format!("{old_leader} back as a streaming replica in a new container"),
             RECOVERY_TIMEOUT,
             || async {
-                let current = cluster.dep.container(&old_leader).await?;
                 let list = cluster.list(None).await?;
-                let back = current.is_some_and(|c| c != container)
-                    && list
-                        .iter()
-                        .any(|m| m.name == old_leader && m.is_streaming_replica());
-                Ok(if back {
+                let streaming = list
+                    .iter()
+                    .any(|m| m.name == old_leader && m.is_streaming_replica());
+                let healthy = replaced_and_healthy(cluster, &old_leader, &container).await?;
+                Ok(if streaming && healthy {
                     Check::Done
                 } else {
-                    Check::Pending(describe(&list))
+                    Check::Pending(format!(
+                        "{}; new container healthy: {healthy}",
+                        describe(&list)
+                    ))
                 })
             },
         )
@@ -519,7 +531,7 @@ pub async fn switchover(cluster: &PatroniCluster, table: &str) -> Result<Disrupt
             ],
         )
         .await?;
-    let leader_after = wait_until(
+    wait_until(
         &format!("{candidate} leading after the switchover"),
         RECOVERY_TIMEOUT,
         || async {
@@ -528,6 +540,7 @@ pub async fn switchover(cluster: &PatroniCluster, table: &str) -> Result<Disrupt
         },
     )
     .await?;
+    let leader_after = started.elapsed();
     cluster.wait_ready(RECOVERY_TIMEOUT).await?;
     let settled_after = started.elapsed();
     let (log, missing) = finish_probe(cluster, probe, table).await?;
@@ -579,12 +592,9 @@ pub async fn forced_restarts(
         let started = Instant::now();
         docker_async(&["service", "update", "--force", "--detach", &service]).await?;
         wait_until(
-            &format!("{key} running in a new container"),
+            &format!("{key} healthy in a new container"),
             RECOVERY_TIMEOUT,
-            || async {
-                let current = cluster.dep.container(key).await?;
-                Ok(current.is_some_and(|c| c != container))
-            },
+            || replaced_and_healthy(cluster, key, &container),
         )
         .await?;
         cluster.wait_ready(RECOVERY_TIMEOUT).await?;

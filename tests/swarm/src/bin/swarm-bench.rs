@@ -66,6 +66,11 @@ fn summary(kind: &str, reports: &[DisruptionReport]) {
     println!("  client errors              {e0:<8.0} {e1:<8.1} {e2:<8.0}");
     println!("  lost acknowledged commits  {l0:<8.0} {l1:<8.1} {l2:<8.0}");
     println!("  new leader seen after (s)  {n0:<8.1} {n1:<8.1} {n2:<8.1}");
+    let moved = reports.iter().filter(|r| r.failed_over).count();
+    println!(
+        "  leadership moved in {moved} of {} trials (else the old leader kept its lock)",
+        reports.len()
+    );
 }
 
 async fn run(args: Args) -> Result<()> {
