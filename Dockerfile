@@ -2,18 +2,18 @@
 # PgBouncer, plus `pgswarm-sidecar` (the entrypoint of every service of a pgswarm stack) and
 # `swarmctl`.
 #
-# Build (the binaries are built on the host first; any glibc >= 2.36 build works):
+# Build: the two binaries are built with cargo first, on a system whose glibc is not newer
+# than trixie's 2.41 (Debian bookworm, glibc 2.36, is fine), then copied from target/release
+# (.dockerignore lets only these two files of target/ into the build context):
 #   cargo build --release -p swarmctl -p pgswarm-sidecar
-#   docker build -t pgswarm:dev .
-# or let the image build them with Debian's Rust toolchain (slower, no host toolchain needed):
-#   docker build --build-arg PGSWARM_BINARIES=source -t pgswarm:dev .
-# scripts/build-image.sh does the first form, and also builds the base image from Debian
-# packages when no registry can provide debian:trixie-slim.
+#   DOCKER_BUILDKIT=0 docker build -t pgswarm:dev .
+# scripts/build-image.sh does both, and first builds the base image from Debian packages when
+# no registry can provide debian:trixie-slim. (Building the binaries inside the image with
+# Debian trixie's Rust is not offered: trixie ships rustc 1.85, and the locked dependencies
+# need a newer one.)
 #
 # Build arguments:
 #   BASE_IMAGE        base image (default debian:trixie-slim)
-#   PGSWARM_BINARIES  `host` (default: copy target/release/{swarmctl,pgswarm-sidecar} from the
-#                     build context) or `source` (build them inside the image build)
 #   CITUS_VERSION     e.g. `13.2` (major.minor): adds the Citus extension, package
 #                     postgresql-17-citus-13.2, from the Citus project's Debian repository
 #                     (https://repos.citusdata.com/community/debian/). Empty by default: the
@@ -21,43 +21,8 @@
 #   CITUS_DIST        the suites of the Citus repository to try, in order (default
 #                     "trixie bookworm": the repository serves trixie only from Citus 14 on;
 #                     13.x for PostgreSQL 17 comes from bookworm, whose package installs on trixie)
-#
-# The stages below are both built by Docker's legacy builder, so neither needs anything
-# beyond the base image.
 
 ARG BASE_IMAGE=debian:trixie-slim
-
-# Stage 1: the two Rust binaries, from the build context or built from source.
-FROM ${BASE_IMAGE} AS binaries
-ARG PGSWARM_BINARIES=host
-COPY . /src
-RUN set -eu; \
-    mkdir -p /out; \
-    case "$PGSWARM_BINARIES" in \
-      host) \
-        for bin in swarmctl pgswarm-sidecar; do \
-          if [ ! -x "/src/target/release/$bin" ]; then \
-            echo "target/release/$bin is missing from the build context: run" \
-                 "'cargo build --release -p swarmctl -p pgswarm-sidecar' first," \
-                 "or build with --build-arg PGSWARM_BINARIES=source" >&2; \
-            exit 1; \
-          fi; \
-          cp "/src/target/release/$bin" /out/; \
-        done ;; \
-      source) \
-        apt-get update; \
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-            cargo rustc gcc libc6-dev ca-certificates; \
-        cd /src; \
-        rm -rf target; \
-        CARGO_HOME=/tmp/cargo cargo build --release --locked -p swarmctl -p pgswarm-sidecar; \
-        cp target/release/swarmctl target/release/pgswarm-sidecar /out/ ;; \
-      *) \
-        echo "PGSWARM_BINARIES must be 'host' or 'source', got '$PGSWARM_BINARIES'" >&2; \
-        exit 1 ;; \
-    esac
-
-# Stage 2: the runtime image.
 FROM ${BASE_IMAGE}
 ARG CITUS_VERSION=
 ARG CITUS_DIST="trixie bookworm"
@@ -116,7 +81,7 @@ RUN set -eu; \
     install -d -o postgres -g postgres -m 0700 /run/pgswarm; \
     install -d -o postgres -g postgres -m 2775 /var/run/postgresql
 
-COPY --from=binaries /out/ /usr/local/bin/
+COPY target/release/swarmctl target/release/pgswarm-sidecar /usr/local/bin/
 
 # Each member's named volume is mounted at /var/lib/pgswarm: a fresh named volume takes the
 # ownership of the image's directory, so PostgreSQL and etcd can write to it as postgres.

@@ -240,6 +240,86 @@ impl PatroniCluster {
         Ok(started.elapsed())
     }
 
+    /// Runs `sql` on member `key`'s own PostgreSQL, from inside its container
+    /// (`pgswarm-sidecar ctl query`, with the superuser password from the member's secret
+    /// file); every value as text.
+    pub async fn query_member(&self, key: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let service = self
+            .dep
+            .stack
+            .services()?
+            .into_iter()
+            .find(|s| s.key == key)
+            .ok_or_else(|| anyhow!("no member {key} in the stack"))?;
+        let Role::Patroni { postgres, .. } = &service.env.role else {
+            bail!("service {key} is not a Patroni member");
+        };
+        let port = postgres.port.to_string();
+        let out = self
+            .dep
+            .exec(
+                key,
+                &[
+                    "pgswarm-sidecar",
+                    "ctl",
+                    "query",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--sql",
+                    sql,
+                ],
+            )
+            .await?;
+        let value: Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("{key}: ctl query printed no JSON: {}", out.trim()))?;
+        let rows = value
+            .get("rows")
+            .and_then(Value::as_array)
+            .ok_or_else(|| anyhow!("{key}: ctl query printed no rows: {}", out.trim()))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .map(|cells| cells.iter().map(|c| c.as_str().map(String::from)).collect())
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    /// What member `key`'s own PostgreSQL says of itself: in recovery, and the status of its
+    /// WAL receiver (`streaming` on a replica that follows the leader).
+    pub async fn member_replication(&self, key: &str) -> Result<(bool, Option<String>)> {
+        let rows = self
+            .query_member(
+                key,
+                "SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver)",
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| anyhow!("{key}: no answer to pg_is_in_recovery()"))?;
+        let in_recovery = matches!(row.first().and_then(|v| v.as_deref()), Some("t" | "true"));
+        Ok((in_recovery, row.get(1).cloned().flatten()))
+    }
+
+    /// Done when member `key` answers, from its own container, as the read-write leader or
+    /// as a replica that streams.
+    pub async fn member_serves(&self, key: &str) -> Result<Check> {
+        let (in_recovery, receiver) = self.member_replication(key).await?;
+        Ok(
+            if !in_recovery || receiver.as_deref() == Some("streaming") {
+                Check::Done
+            } else {
+                Check::Pending(format!(
+                    "{key}: in recovery, WAL receiver {}",
+                    receiver.as_deref().unwrap_or("not running")
+                ))
+            },
+        )
+    }
+
     /// Addresses of a member container on its networks (what `inet_server_addr()` returns on
     /// a connection that reached it).
     pub async fn member_addresses(&self, key: &str) -> Result<Vec<String>> {

@@ -76,12 +76,20 @@ impl ProbeLog {
             .await
             .with_context(|| format!("cannot read {table}"))?;
         let present: BTreeSet<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
-        Ok(self
-            .acks
+        Ok(self.missing_from(&present, None))
+    }
+
+    /// Acknowledged ids (those acknowledged before `before`, when given) not in `present`.
+    pub fn missing_from(&self, present: &BTreeSet<i64>, before: Option<Instant>) -> Vec<i64> {
+        self.acks
             .iter()
+            .filter(|a| match before {
+                Some(t) => a.at < t,
+                None => true,
+            })
             .map(|a| a.id)
             .filter(|id| !present.contains(id))
-            .collect())
+            .collect()
     }
 
     /// The distinct error messages with their counts, for a report.

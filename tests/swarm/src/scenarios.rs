@@ -446,14 +446,14 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
                     .iter()
                     .any(|m| m.name == old_leader && m.is_streaming_replica());
                 let healthy = replaced_and_healthy(cluster, &old_leader, &container).await?;
-                Ok(if streaming && healthy {
-                    Check::Done
-                } else {
-                    Check::Pending(format!(
+                if !(streaming && healthy) {
+                    return Ok(Check::Pending(format!(
                         "{}; new container healthy: {healthy}",
                         describe(&list)
-                    ))
-                })
+                    )));
+                }
+                // Its own PostgreSQL must agree: in recovery, receiving WAL.
+                cluster.member_serves(&old_leader).await
             },
         )
         .await?;
@@ -462,6 +462,34 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
     let settled_after = killed_at.elapsed();
     let (log, missing) = finish_probe(cluster, probe, table).await?;
     ensure_not_reinitialised(cluster, &before).await?;
+    // The killed member's data is still there: every commit acknowledged before the kill (and
+    // not lost) is in its own copy of the table.
+    wait_until(
+        &format!("{old_leader} holding every commit acknowledged before the kill"),
+        Duration::from_secs(60),
+        || async {
+            let rows = cluster
+                .query_member(&old_leader, &format!("SELECT id FROM {table}"))
+                .await?;
+            let present = rows
+                .iter()
+                .filter_map(|r| r.first().cloned().flatten())
+                .filter_map(|id| id.parse::<i64>().ok())
+                .collect();
+            // Commits lost on the leader (possible without synchronous mode) cannot be here.
+            let absent: Vec<i64> = log
+                .missing_from(&present, Some(killed_at))
+                .into_iter()
+                .filter(|id| !missing.contains(id))
+                .collect();
+            Ok(if absent.is_empty() {
+                Check::Done
+            } else {
+                Check::Pending(format!("{} acknowledged ids absent", absent.len()))
+            })
+        },
+    )
+    .await?;
     ensure!(
         log.acks_after(killed_at) > 0,
         "no write was acknowledged through the router after the kill"
@@ -595,6 +623,12 @@ pub async fn forced_restarts(
             &format!("{key} healthy in a new container"),
             RECOVERY_TIMEOUT,
             || replaced_and_healthy(cluster, key, &container),
+        )
+        .await?;
+        wait_until(
+            &format!("{key} serving again (leader, or replica streaming)"),
+            RECOVERY_TIMEOUT,
+            || cluster.member_serves(key),
         )
         .await?;
         cluster.wait_ready(RECOVERY_TIMEOUT).await?;
