@@ -7,6 +7,8 @@
 //! `PGSWARM_SKIP_IMAGE_BUILD=1`. A swarm is initialised on loopback when the engine has none.
 //! Every test names its cluster uniquely and removes its stack, volumes, secrets and node
 //! labels when it ends, also when it fails (`PGSWARM_KEEP=1` keeps them for a post-mortem).
+//! On a machine without Docker, `PGSWARM_SKIP_SWARM=1` (as `scripts/test.sh` documents)
+//! leaves these tests out, saying so; otherwise a missing daemon fails them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -52,8 +54,14 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The swarm (initialised on loopback when the engine has none) and the image, once.
-fn prerequisites() {
+/// The swarm (initialised on loopback when the engine has none) and the image, once; false
+/// when the swarm tests are switched off with `PGSWARM_SKIP_SWARM=1`.
+#[must_use]
+fn prerequisites() -> bool {
+    if std::env::var("PGSWARM_SKIP_SWARM").as_deref() == Ok("1") {
+        eprintln!("swarm operation test not run: PGSWARM_SKIP_SWARM=1");
+        return false;
+    }
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
@@ -81,6 +89,7 @@ fn prerequisites() {
         }
         docker(&["image", "inspect", "--format", "{{.Id}}", &image()]);
     });
+    true
 }
 
 /// Heavy tests (whole clusters) one at a time: the machine has two cores.
@@ -215,7 +224,9 @@ fn leaders(status: &Value) -> Vec<String> {
 
 #[test]
 fn label_nodes_plans_applies_and_a_second_run_changes_nothing() {
-    prerequisites();
+    if !prerequisites() {
+        return;
+    }
     let name = unique_name("opslabel");
     let c = TestCluster::new(&name, &format!("name: {name}\ntopology: patroni\n"));
 
@@ -261,7 +272,9 @@ fn label_nodes_plans_applies_and_a_second_run_changes_nothing() {
 
 #[test]
 fn bad_inputs_fail_with_a_clear_error() {
-    prerequisites();
+    if !prerequisites() {
+        return;
+    }
     let name = unique_name("opsbad");
     let c = TestCluster::new(
         &name,
@@ -356,7 +369,9 @@ fn bad_inputs_fail_with_a_clear_error() {
 
 #[test]
 fn patroni_example_deploys_healthy_and_switches_over() {
-    prerequisites();
+    if !prerequisites() {
+        return;
+    }
     let _heavy = heavy();
     let name = unique_name("opspat");
     let c = TestCluster::new(&name, &patroni_example(&name));
@@ -418,7 +433,9 @@ fn patroni_example_deploys_healthy_and_switches_over() {
 
 #[test]
 fn up_then_down_leaves_no_service_behind() {
-    prerequisites();
+    if !prerequisites() {
+        return;
+    }
     let _heavy = heavy();
     let name = unique_name("opsup");
     // The embedded default spec, renamed and on free ports so it runs beside anything else.

@@ -85,9 +85,12 @@ pub async fn write_check(
 }
 
 /// Where writes go: the router's read-write port, or the member itself without a router.
+/// The router is addressed as `tasks.<router>`, its tasks' own addresses: the write then goes
+/// through HAProxy without depending on the service's virtual IP (IPVS), which some kernels
+/// lack.
 pub fn write_target(cluster: &Cluster, member: &str) -> (String, u16) {
     match (cluster.router(), cluster.router_ports()) {
-        (Some(router), Some((rw, _, _))) => (router.name.clone(), rw),
+        (Some(router), Some((rw, _, _))) => (format!("tasks.{}", router.name), rw),
         _ => {
             let port = cluster
                 .service(member)
@@ -216,6 +219,13 @@ pub async fn switchover(
         .into_stdout("patronictl switchover")?;
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         tracing::debug!(output = %line, "patronictl switchover");
+    }
+    // patronictl reports a refused request (HTTP 412, 503 ...) on its output and exits 0.
+    if let Some(line) = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().contains("switchover failed"))
+    {
+        bail!("Patroni refused the switchover: {}", line.trim());
     }
 
     let deadline = started + timeout;
