@@ -270,6 +270,15 @@ pub async fn run(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Report> {
         );
     }
 
+    match super::engine::local_ipvs(engine) {
+        Some(true) => report.add(
+            Verdict::Ok,
+            "ipvs",
+            "service virtual IPs and the routing mesh work",
+        ),
+        Some(false) => report.add(Verdict::Warn, "ipvs", super::engine::NO_IPVS),
+        None => {}
+    }
     published_ports(engine, cluster, &mut report).await?;
     ports(&mut report, &swarm.node_addr, nodes.len() > 1);
     Ok(report)

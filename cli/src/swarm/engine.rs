@@ -38,6 +38,25 @@ impl SwarmState {
     }
 }
 
+/// Whether this machine's kernel has IPVS, which Swarm's service virtual IPs and its ingress
+/// routing mesh need. `None` when the daemon is not local (the answer would be about the
+/// wrong machine).
+pub fn local_ipvs(engine: &Engine) -> Option<bool> {
+    if !engine.endpoint.starts_with("unix://") {
+        return None;
+    }
+    Some(
+        std::path::Path::new("/sys/module/ip_vs").exists()
+            || std::path::Path::new("/proc/net/ip_vs").exists(),
+    )
+}
+
+/// What missing IPVS means for a cluster, for messages.
+pub const NO_IPVS: &str = "this machine's kernel has no IPVS (no ip_vs module): Swarm's service \
+     virtual IPs and its ingress routing mesh do not work here, so ports published through the \
+     mesh do not answer and a service reaches the router or the pooler only through \
+     tasks.<name> (`modprobe ip_vs`, or a kernel with IPVS, fixes it)";
+
 /// True when `err` is the daemon answering with HTTP `status`.
 pub fn is_status(err: &DockerError, status: u16) -> bool {
     matches!(err, DockerError::DockerResponseServerError { status_code, .. } if *status_code == status)

@@ -155,22 +155,35 @@ pub async fn up(
     deploy::wait_ready(engine, cluster, timeout, progress).await?;
     let (host, port) = match cluster.pooler() {
         Some(p) => match &p.env.role {
-            Role::Pooler { port, .. } => (p.name.clone(), *port),
+            // The pooler's tasks, not its virtual IP: see `switchover::write_target`.
+            Role::Pooler { port, .. } => (format!("tasks.{}", p.name), *port),
             _ => unreachable_target(cluster),
         },
         None => unreachable_target(cluster),
     };
     let nodes = nodes::list(engine).await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let server = loop {
         let views = super::status::docker_view(engine, cluster, &nodes).await?;
         match switchover::write_check(engine, cluster, &views, &host, port).await {
             Ok(server) => break server,
             Err(e) if std::time::Instant::now() >= deadline => {
-                return Err(e.context(format!(
+                let (rhost, rport) = unreachable_target(cluster);
+                let router = switchover::write_check(engine, cluster, &views, &rhost, rport).await;
+                let mut why = format!(
                     "cluster {} is healthy, but a write through {host}:{port} fails",
                     cluster.name
-                )))
+                );
+                if router.is_ok() && rhost != host {
+                    why.push_str(&format!(
+                        "; a write through {rhost}:{rport} works, so the pooler does not reach \
+                         the router"
+                    ));
+                    if super::engine::local_ipvs(engine) == Some(false) {
+                        why.push_str(&format!(" ({})", super::engine::NO_IPVS));
+                    }
+                }
+                return Err(e.context(why));
             }
             Err(_) => {
                 progress.update(&format!("waiting for a write through {host}:{port}"));
@@ -183,6 +196,9 @@ pub async fn up(
     ));
     let state = engine.swarm_state().await?;
     println!("{}", connection_help(cluster, &state.node_addr));
+    if super::engine::local_ipvs(engine) == Some(false) {
+        eprintln!("warning: {}", super::engine::NO_IPVS);
+    }
     Ok(())
 }
 
