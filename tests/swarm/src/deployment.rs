@@ -40,6 +40,85 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{}n{n}", std::process::id())
 }
 
+/// The process id in a name made by [`unique_name`] with one of the suite's prefixes
+/// (`e2e<letters>` or `bench`), if it is such a name.
+pub fn run_pid(name: &str) -> Option<u32> {
+    let rest = match name.strip_prefix("e2e") {
+        Some(rest) => rest.trim_start_matches(|c: char| c.is_ascii_lowercase()),
+        None => name.strip_prefix("bench")?,
+    };
+    let (pid, counter) = rest.split_once('n')?;
+    let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    if !numeric(pid) || !numeric(counter) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Removes what earlier runs of the suite left behind when they were killed before their
+/// teardown could run (a CI timeout, Ctrl-C): stacks, volumes, secrets and node labels named
+/// after a run whose process is gone. Runs that are still alive are left alone.
+pub fn sweep_leftovers(node_id: &str) -> Result<()> {
+    let mut names = std::collections::BTreeSet::new();
+    names.extend(lines(&docker(&["stack", "ls", "--format", "{{.Name}}"])?));
+    names.extend(lines(&docker(&[
+        "volume",
+        "ls",
+        "--filter",
+        &format!("label={NAMESPACE_LABEL}"),
+        "--format",
+        &format!("{{{{.Label \"{NAMESPACE_LABEL}\"}}}}"),
+    ])?));
+    let secrets = lines(&docker(&["secret", "ls", "--format", "{{.Name}}"])?);
+    names.extend(
+        secrets
+            .iter()
+            .filter_map(|s| s.split_once('_').map(|(n, _)| n.to_string())),
+    );
+    let json = docker(&[
+        "node",
+        "inspect",
+        "--format",
+        "{{json .Spec.Labels}}",
+        node_id,
+    ])?;
+    let labels: BTreeMap<String, String> = serde_json::from_str(json.trim()).unwrap_or_default();
+    names.extend(labels.keys().filter_map(|k| {
+        k.strip_prefix("pgswarm.")
+            .and_then(|rest| rest.split_once('.'))
+            .map(|(n, _)| n.to_string())
+    }));
+    for name in names {
+        let Some(pid) = run_pid(&name) else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        warn!(stack = %name, pid, "removing what a run that is gone left behind");
+        let leftover = Deployment {
+            name: name.clone(),
+            stack: Stack::parse("services: {}")?,
+            ports: BTreeMap::new(),
+            deployed_at: Instant::now(),
+            secrets: SecretSet::default(),
+            created_secrets: secrets
+                .iter()
+                .filter(|s| s.starts_with(&format!("{name}_")))
+                .cloned()
+                .collect(),
+            added_labels: labels
+                .keys()
+                .filter(|k| k.starts_with(&format!("pgswarm.{name}.")))
+                .cloned()
+                .collect(),
+            node_id: node_id.to_string(),
+            dir: std::env::temp_dir().join(format!("pgswarm-e2e-{name}")),
+            stack_deployed: true,
+        };
+        drop(leftover);
+    }
+    Ok(())
+}
+
 /// A port published on the test host for one service's target port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostPort {
@@ -74,6 +153,7 @@ impl Deployment {
     /// creates the secrets and deploys. Does not wait for health.
     pub fn deploy(name: &str, spec: &str, publish: &PortRequest) -> Result<Deployment> {
         let swarm = Swarm::ensure()?;
+        sweep_leftovers(&swarm.node_id)?;
         ensure_image()?;
         let dir = std::env::temp_dir().join(format!("pgswarm-e2e-{name}"));
         std::fs::create_dir_all(&dir)
@@ -521,4 +601,28 @@ impl Drop for Deployment {
 pub struct DataIdentity {
     pub system_identifier: String,
     pub inode: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_carry_the_process_id() {
+        let name = unique_name("e2efail");
+        assert_eq!(run_pid(&name), Some(std::process::id()));
+        assert_eq!(run_pid("bench123n4"), Some(123));
+        assert_eq!(run_pid("e2ecit77n0"), Some(77));
+        for other in [
+            "opsdemo",
+            "e2e",
+            "e2efailn1",
+            "bench12",
+            "bench12n",
+            "prod1n2",
+            "e2eX1n1",
+        ] {
+            assert_eq!(run_pid(other), None, "{other}");
+        }
+    }
 }
