@@ -470,6 +470,40 @@ impl Coordinator<'_> {
         .into_stdout(&format!("a query through {host}:{port}"))?;
         Rows::parse(&out)
     }
+
+    /// [`Self::query`], tried again until `deadline` while the coordinator cannot be reached
+    /// (the router is replaced when a deploy changes its worker list; a coordinator fails
+    /// over). With `only_unreached`, an error of the statement itself is not tried again, so
+    /// a statement with effects never runs twice.
+    async fn query_until(
+        &self,
+        sql: &str,
+        deadline: Instant,
+        only_unreached: bool,
+        progress: &mut Progress,
+    ) -> anyhow::Result<Rows> {
+        loop {
+            match self.query(sql).await {
+                Ok(rows) => return Ok(rows),
+                Err(e) => {
+                    let unreached = is_unreached(&e);
+                    if Instant::now() >= deadline || (only_unreached && !unreached) {
+                        return Err(e);
+                    }
+                    progress.update(&format!(
+                        "waiting for the coordinator's primary to answer ({e:#})"
+                    ));
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a `ctl query` failure happened before the statement ran: no connection.
+fn is_unreached(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("connecting to ") || text.contains("no container of cluster")
 }
 
 /// The coordinator group's leader as Patroni lists it.
@@ -570,7 +604,12 @@ pub async fn add_group(
         database: citus_database(cluster),
     };
     let extension = coordinator
-        .query("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'citus'")
+        .query_until(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'citus'",
+            deadline,
+            false,
+            progress,
+        )
         .await?;
     let Some(version) = extension.get(0, "extversion").map(String::from) else {
         let coordinator_member = cluster
@@ -716,8 +755,14 @@ async fn rebalance(
 ) -> anyhow::Result<RebalanceOutcome> {
     // A rebalance already under way (started by hand, or by a run interrupted before) is
     // followed rather than refused.
+    let deadline = Instant::now() + QUERY_OUTAGE;
     let latest = coordinator
-        .query("SELECT job_id, state, details FROM pg_catalog.citus_rebalance_status()")
+        .query_until(
+            "SELECT job_id, state, details FROM pg_catalog.citus_rebalance_status()",
+            deadline,
+            false,
+            progress,
+        )
         .await?;
     let running = match JobStatus::parse(&latest) {
         Ok(job) if !job.is_terminal() => Some(job.job_id),
@@ -734,7 +779,7 @@ async fn rebalance(
                 mode.as_sql()
             );
             let started = coordinator
-                .query(&sql)
+                .query_until(&sql, deadline, true, progress)
                 .await
                 .context("citus_rebalance_start() failed")?;
             match started.get(0, "job_id").and_then(|j| j.parse::<i64>().ok()) {
@@ -930,6 +975,21 @@ citus:
             vec!["2026 ERROR: Exception when working with pg_dist_node: x"]
         );
         assert_eq!(citus_log_excerpt(log, 10).len(), 2);
+    }
+
+    #[test]
+    fn only_connection_failures_count_as_unreached() {
+        let e = anyhow!(
+            "a query through router:5000 exited with 1: error: connecting to router:5000 \
+             (database citus) as postgres: error connecting to server: No route to host"
+        );
+        assert!(is_unreached(&e));
+        let e = anyhow!(
+            "a query through router:5000 exited with 1: error: the query on router:5000 \
+             (database citus) failed: ERROR: A rebalance is already running as job 3 (SQLSTATE \
+             55000)"
+        );
+        assert!(!is_unreached(&e));
     }
 
     #[test]
