@@ -285,7 +285,10 @@ fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "swarmctl", &mut std::io::stdout());
+            // Into a buffer first: writing to a closed pipe must be an error, not a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "swarmctl", &mut script);
+            write_stdout(&String::from_utf8_lossy(&script))?;
         }
         Command::LabelNodes { .. }
         | Command::Deploy { .. }
