@@ -99,7 +99,7 @@ patroni:
   loop_wait: 5
   retry_timeout: 3
 etcd:
-  members: 3
+  members: 1
 router:
   rw_port: {rw}
   ro_port: {ro}
@@ -565,9 +565,10 @@ impl fmt::Display for FailoverReport {
     }
 }
 
-/// `docker kill` of group `group`'s leader; waits until another member leads, `pg_dist_node`
-/// names it, the queries succeed with `expected_users` rows (after writing `new_rows` more
-/// through the router), and the killed member streams again from a new container.
+/// `docker kill` of group `group`'s leader, kept down until another member leads; waits until
+/// `pg_dist_node` names the new leader and the queries succeed with `expected_users` rows
+/// (after writing `new_rows` more through the router); then the killed member is started
+/// again and must stream from a new container.
 async fn kill_group_leader(
     cluster: &CitusCluster,
     group: u32,
@@ -584,9 +585,14 @@ async fn kill_group_leader(
         .container(&old_leader)
         .await?
         .ok_or_else(|| anyhow!("leader {old_leader} has no running container"))?;
+    let service = cluster.dep.service_name(&old_leader);
     info!(group, member = %old_leader, container = %container, "docker kill of the group's leader");
     let killed_at = Instant::now();
     docker_async(&["kill", &container]).await?;
+    // Swarm restarts a killed task within seconds, and a member back before its leader lock
+    // expires takes the lock again: keep it down, as a dead host would be, until another
+    // member leads.
+    docker_async(&["service", "scale", "--detach", &format!("{service}=0")]).await?;
 
     let found = std::sync::Mutex::new(None::<String>);
     wait_until(
@@ -646,6 +652,7 @@ async fn kill_group_leader(
     )
     .await?;
     let queries_after = killed_at.elapsed();
+    docker_async(&["service", "scale", "--detach", &format!("{service}=1")]).await?;
     wait_until(
         &format!("{old_leader} back as a streaming replica in a new container"),
         CITUS_RECOVERY_TIMEOUT,

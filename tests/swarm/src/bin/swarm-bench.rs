@@ -65,7 +65,7 @@ fn summary(kind: &str, reports: &[DisruptionReport]) {
     println!("  write gap (s)              {g0:<8.2} {g1:<8.2} {g2:<8.2}");
     println!("  client errors              {e0:<8.0} {e1:<8.1} {e2:<8.0}");
     println!("  lost acknowledged commits  {l0:<8.0} {l1:<8.1} {l2:<8.0}");
-    println!("  new leader seen after (s)  {n0:<8.1} {n1:<8.1} {n2:<8.1}");
+    println!("  new leader seen after (s)  {n0:<8.1} {n1:<8.1} {n2:<8.1}  (patronictl polled)");
     let moved = reports.iter().filter(|r| r.failed_over).count();
     println!(
         "  leadership moved in {moved} of {} trials (else the old leader kept its lock)",
