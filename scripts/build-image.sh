@@ -9,6 +9,7 @@
 # Usage: scripts/build-image.sh [TAG]          (default tag: pgswarm:dev, or $PGSWARM_IMAGE)
 # Environment:
 #   PGSWARM_IMAGE        the tag to build (overridden by the argument)
+#   BASE_IMAGE           the base image (default debian:trixie-slim; passed to docker build)
 #   PGSWARM_BASE         `debootstrap` (default) or `pull`: how a missing base image is made
 #   DEBIAN_MIRROR        mirror for debootstrap (default http://deb.debian.org/debian)
 #   PGSWARM_SKIP_CARGO=1 use the binaries already in target/release
@@ -17,7 +18,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tag="${1:-${PGSWARM_IMAGE:-pgswarm:dev}}"
-base="debian:trixie-slim"
+base="${BASE_IMAGE:-debian:trixie-slim}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
 log() { printf '[build-image] %s\n' "$*" >&2; }
@@ -62,5 +63,6 @@ done
 
 log "docker build -t $tag (legacy builder)"
 # shellcheck disable=SC2086 # DOCKER_BUILD_ARGS is a list of words on purpose
-DOCKER_BUILDKIT=0 docker build --quiet ${DOCKER_BUILD_ARGS:-} -t "$tag" "$repo" >/dev/null
+DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE="$base" ${DOCKER_BUILD_ARGS:-} \
+  -t "$tag" "$repo" >/dev/null
 log "built $tag"
