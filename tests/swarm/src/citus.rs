@@ -514,7 +514,11 @@ pub async fn check_queries(
 
 /// Where the router's worker port leads: not a standby, and a worker group.
 async fn check_worker_port(cluster: &CitusCluster) -> Result<u32> {
-    let client = cluster.workers.connect(Duration::from_secs(60)).await?;
+    let client = cluster
+        .workers
+        .connect(Duration::from_secs(60))
+        .await
+        .context("connecting through the router's worker port")?;
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(), (SELECT groupid FROM pg_catalog.pg_dist_local_group)",
@@ -717,7 +721,11 @@ impl fmt::Display for CitusReport {
 pub async fn seed_000(cluster: &CitusCluster) -> Result<CitusReport> {
     cluster.wait_ready(CITUS_RECOVERY_TIMEOUT).await?;
     let leaders = cluster.leaders(None).await?;
-    let client = cluster.rw.connect(Duration::from_secs(60)).await?;
+    let client = cluster
+        .rw
+        .connect(Duration::from_secs(60))
+        .await
+        .context("connecting through the router's read-write port")?;
     let primaries = CitusCluster::pg_dist_primaries(&client).await?;
     ensure!(
         primaries.keys().copied().collect::<BTreeSet<u32>>() == BTreeSet::from([0, 1, 2]),
@@ -758,10 +766,18 @@ pub async fn seed_000(cluster: &CitusCluster) -> Result<CitusReport> {
     let coordinator_failover = kill_group_leader(cluster, 0, USERS, 1001..=1010).await?;
     let worker_failover = kill_group_leader(cluster, 1, USERS + 10, 1011..=1020).await?;
     check_worker_port(cluster).await?;
-    let client = cluster.rw.connect(Duration::from_secs(60)).await?;
+    let client = cluster
+        .rw
+        .connect(Duration::from_secs(60))
+        .await
+        .context("connecting through the router's read-write port")?;
     let last = check_queries(cluster, &client, USERS + 20).await?;
     // PgBouncer (transaction pooling) in front of the router reaches the coordinator too.
-    let pooled = cluster.pooler.connect(Duration::from_secs(60)).await?;
+    let pooled = cluster
+        .pooler
+        .connect(Duration::from_secs(60))
+        .await
+        .context("connecting through PgBouncer")?;
     let counted = pooled
         .simple_query("SELECT count(*) FROM users")
         .await

@@ -29,7 +29,7 @@ const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 const SERVICE_LABEL: &str = "com.docker.swarm.service.name";
 
 /// Failed tasks of one service after which waiting for its health is given up.
-const CRASH_LOOP_TASKS: usize = 12;
+const CRASH_LOOP_TASKS: usize = 6;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -19,7 +19,7 @@ use crate::probe::{ProbeLog, WriteProbe};
 use crate::stack::Stack;
 
 /// Generous deadline for a stack to become healthy on a small machine.
-pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(420);
+pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Deadline for a cluster to settle after a disruption.
 pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Writes recorded before a disruption, so the probe's baseline is visible.
