@@ -379,7 +379,7 @@ fn patroni_example_deploys_healthy_and_switches_over() {
     let (stdout, stderr) = c.run_ok(&["doctor"]);
     assert!(!stdout.contains("FAIL"), "{stdout}{stderr}");
 
-    let (_, progress) = c.run_ok(&["deploy", "--wait", "--timeout", "600"]);
+    let (_, progress) = c.run_ok(&["deploy", "--wait", "--timeout", "420"]);
     assert!(
         progress.contains("created secrets with random passwords"),
         "{progress}"
@@ -446,7 +446,7 @@ fn up_then_down_leaves_no_service_behind() {
     let text = replace(&text, "port: 6432", &format!("port: {}", free_port()));
     let c = TestCluster::new(&name, &text);
 
-    let (stdout, progress) = c.run_ok(&["up", "--image", &image(), "--timeout", "600"]);
+    let (stdout, progress) = c.run_ok(&["up", "--image", &image(), "--timeout", "420"]);
     assert!(
         stdout.contains(&format!("cluster {name} is ready")),
         "{stdout}"

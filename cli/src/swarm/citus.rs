@@ -5,10 +5,10 @@
 //! that, never this code), and finally starts `citus_rebalance_start()` and follows
 //! `citus_job_status()` until the job ends.
 //!
-//! SQL runs on the coordinator's primary through the router's read-write port (or, without a
-//! router, on the coordinator leader itself), sent by `pgswarm-sidecar ctl query` inside a
-//! container of the cluster on this node: the superuser's password is read from its secret
-//! file there and never leaves the container.
+//! SQL runs on the coordinator's primary, the group 0 leader Patroni lists, reached by its
+//! service name and sent by `pgswarm-sidecar ctl query` inside a container of the cluster on
+//! this node: the superuser's password is read from its secret file there and never leaves
+//! the container.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -28,7 +28,6 @@ use super::exec::exec;
 use super::nodes::{self, NodeView};
 use super::progress::Progress;
 use super::status::{db_view, docker_view, ServiceView};
-use super::switchover::write_target;
 use super::{deploy, service_name, Engine};
 
 /// Where Debian's PostgreSQL packages put extension control files (any major version).
@@ -437,13 +436,18 @@ impl Coordinator<'_> {
                     self.cluster.name
                 )
             })?;
-        let (host, port) = if self.cluster.router().is_some() {
-            write_target(self.cluster, "")
-        } else {
-            let leader = coordinator_leader(self.engine, self.cluster, &views).await?;
-            write_target(self.cluster, &leader)
-        };
-        Ok((container, host, port))
+        // The leader by its service name (DNS round robin to its one task), not the router:
+        // nothing between, and no dependence on the router's virtual IP.
+        let leader = coordinator_leader(self.engine, self.cluster, &views).await?;
+        let port = self
+            .cluster
+            .service(&leader)
+            .and_then(|s| match &s.env.role {
+                Role::Patroni { postgres, .. } => Some(postgres.port),
+                _ => None,
+            })
+            .unwrap_or(pgswarm_contract::defaults::PG_PORT);
+        Ok((container, leader, port))
     }
 
     async fn query(&self, sql: &str) -> anyhow::Result<Rows> {
@@ -472,8 +476,7 @@ impl Coordinator<'_> {
     }
 
     /// [`Self::query`], tried again until `deadline` while the coordinator cannot be reached
-    /// (the router is replaced when a deploy changes its worker list; a coordinator fails
-    /// over). With `only_unreached`, an error of the statement itself is not tried again, so
+    /// (a coordinator failover, a member still starting after a deploy). With `only_unreached`, an error of the statement itself is not tried again, so
     /// a statement with effects never runs twice.
     async fn query_until(
         &self,

@@ -250,8 +250,12 @@ pub async fn wait_ready(
 pub async fn stuck_report(engine: &Engine, stack: &str, r: &Readiness) -> String {
     let mut out = String::new();
     for (member, why) in &r.pending {
-        out.push_str(&format!("  {member}: {why}\n"));
         let view = r.views.iter().find(|v| &v.member == member);
+        let why = match view {
+            Some(v) if !v.is_ready() => v.why_stuck(),
+            _ => why.clone(),
+        };
+        out.push_str(&format!("  {member}: {why}\n"));
         match view.and_then(|v| v.container.clone().or_else(|| v.last_container.clone())) {
             Some(container) => {
                 out.push_str(&format!("  --- last log lines of {member}:\n"));

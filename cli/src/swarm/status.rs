@@ -72,6 +72,12 @@ impl ServiceView {
         if !self.task_message.is_empty() && self.task_message != self.task_state {
             s.push_str(&format!(": {}", self.task_message));
         }
+        s
+    }
+
+    /// [`Self::waiting_for`] with what the last failed healthcheck said, for a stuck member.
+    pub fn why_stuck(&self) -> String {
+        let mut s = self.waiting_for();
         if !self.health_output.is_empty() {
             s.push_str(&format!("; last healthcheck: {}", self.health_output));
         }
