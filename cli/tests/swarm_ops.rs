@@ -271,6 +271,42 @@ fn label_nodes_plans_applies_and_a_second_run_changes_nothing() {
 }
 
 #[test]
+fn concurrent_label_nodes_keep_every_clusters_labels() {
+    if !prerequisites() {
+        return;
+    }
+    // Node updates are version-checked: a writer that lost the race reads the node again and
+    // retries, so neither cluster's labels overwrite the other's.
+    let clusters: Vec<TestCluster> = (0..4)
+        .map(|_| {
+            let name = unique_name("opsrace");
+            TestCluster::new(&name, &format!("name: {name}\ntopology: patroni\n"))
+        })
+        .collect();
+    let children: Vec<std::process::Child> = clusters
+        .iter()
+        .map(|c| {
+            swarmctl()
+                .arg("label-nodes")
+                .arg("-f")
+                .arg(&c.spec)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("swarmctl starts")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("swarmctl ends");
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+    }
+    for c in &clusters {
+        assert_eq!(c.node_labels().len(), 6, "labels of {}", c.name);
+    }
+}
+
+#[test]
 fn bad_inputs_fail_with_a_clear_error() {
     if !prerequisites() {
         return;
