@@ -76,9 +76,10 @@ pub fn image_has_citus(image: &str) -> Result<bool> {
 
 /// Seed 000 on a one-node test swarm: coordinator group 0 (coord1..3, quorum commit, Patroni's
 /// Citus default), worker groups 1 and 2 of two members each with one synchronous standby;
-/// the router's read-write and worker ports and the pooler published on free host ports.
+/// the router's read-write and worker ports published on free host ports; no pooler (the patroni
+/// scenario covers PgBouncer in front of the router).
 pub fn spec(name: &str, image: &str) -> Result<String> {
-    let (rw, ro, workers, pooler) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let (rw, ro, workers) = (free_port()?, free_port()?, free_port()?);
     Ok(format!(
         "name: {name}
 topology: citus
@@ -109,9 +110,7 @@ router:
   fall: 2
   rise: 1
 pooler:
-  port: {pooler}
-  publish: host
-  pool_mode: transaction
+  enabled: false
 "
     ))
 }
@@ -193,8 +192,6 @@ pub struct CitusCluster {
     pub rw: Endpoint,
     /// The router's worker port (the worker groups' primaries), database `citus`.
     pub workers: Endpoint,
-    /// PgBouncer, database `citus`.
-    pub pooler: Endpoint,
     pub pg_port: u16,
     pub ready_after: Duration,
 }
@@ -204,7 +201,6 @@ impl CitusCluster {
     pub async fn deploy(name: &str, spec: &str, timeout: Duration) -> Result<CitusCluster> {
         let publish = |stack: &Stack| -> Result<Vec<(String, u16)>> {
             let router = stack.only_service(Mode::Router)?;
-            let pooler = stack.only_service(Mode::Pooler)?;
             let mut out = Vec::new();
             if let Role::Router {
                 rw_port,
@@ -217,24 +213,17 @@ impl CitusCluster {
             } else {
                 bail!("the Citus spec's router has no worker port");
             }
-            if let Role::Pooler { port, .. } = pooler.env.role {
-                out.push((pooler.key.clone(), port));
-            }
             Ok(out)
         };
         let dep = Deployment::deploy(name, spec, &publish)?;
         let router = dep.stack.only_service(Mode::Router)?;
-        let pooler = dep.stack.only_service(Mode::Pooler)?;
-        let (
-            Role::Router {
-                rw_port,
-                worker_port: Some(worker_port),
-                ..
-            },
-            Role::Pooler { port, .. },
-        ) = (&router.env.role, &pooler.env.role)
+        let Role::Router {
+            rw_port,
+            worker_port: Some(worker_port),
+            ..
+        } = &router.env.role
         else {
-            bail!("router or pooler service has an unexpected role");
+            bail!("the router service has no worker port");
         };
         let mut groups: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         let mut superuser = None;
@@ -264,13 +253,11 @@ impl CitusCluster {
         };
         let rw = endpoint(&router.key, *rw_port)?;
         let workers = endpoint(&router.key, *worker_port)?;
-        let pooler = endpoint(&pooler.key, *port)?;
         let mut cluster = CitusCluster {
             dep,
             groups,
             rw,
             workers,
-            pooler,
             pg_port,
             ready_after: Duration::ZERO,
         };
@@ -772,26 +759,6 @@ pub async fn seed_000(cluster: &CitusCluster) -> Result<CitusReport> {
         .await
         .context("connecting through the router's read-write port")?;
     let last = check_queries(cluster, &client, USERS + 20).await?;
-    // PgBouncer (transaction pooling) in front of the router reaches the coordinator too.
-    let pooled = cluster
-        .pooler
-        .connect(Duration::from_secs(60))
-        .await
-        .context("connecting through PgBouncer")?;
-    let counted = pooled
-        .simple_query("SELECT count(*) FROM users")
-        .await
-        .context("SELECT count(*) FROM users through PgBouncer failed")?
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(String::from),
-            _ => None,
-        });
-    ensure!(
-        counted.as_deref() == Some((USERS + 20).to_string().as_str()),
-        "count(*) of users through PgBouncer is {counted:?}, expected {}",
-        USERS + 20
-    );
     ensure!(
         last.primaries.get(&1) == Some(&worker_failover.new_leader)
             && last.primaries.get(&0) == Some(&coordinator_failover.new_leader),

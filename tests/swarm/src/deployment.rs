@@ -517,9 +517,9 @@ impl Deployment {
         if std::env::var("PGSWARM_KEEP").as_deref() == Ok("1") {
             warn!(
                 stack = %self.name,
-                "PGSWARM_KEEP=1: leaving the stack in place; remove it with `docker stack rm {0}`, \
-                 then `docker volume rm` its volumes, `docker secret rm {1}`, and \
-                 `docker node update --label-rm` for {2:?}",
+                "PGSWARM_KEEP=1: leaving the stack in place (the next run of the suite removes \
+                 it); to remove it now: `docker stack rm {0}`, then `docker volume rm` its \
+                 volumes, `docker secret rm {1}`, and `docker node update --label-rm` for {2:?}",
                 self.name,
                 self.created_secrets.join(" "),
                 self.added_labels
