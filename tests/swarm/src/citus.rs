@@ -100,7 +100,7 @@ patroni:
   loop_wait: 5
   retry_timeout: 3
 etcd:
-  members: 1
+  members: 3
 router:
   rw_port: {rw}
   ro_port: {ro}
