@@ -203,8 +203,9 @@ enum CitusCommand {
     /// primaries in pg_dist_node, then rebalance the shards, showing progress until done.
     #[command(
         after_help = "The image must have the Citus extension (the Dockerfile's CITUS_VERSION \
-                      build argument). SQL runs on the coordinator's primary through the router, \
-                      from a container of the cluster on this node.\n\n\
+                      build argument); label the new members first (swarmctl label-nodes -f SPEC). \
+                      SQL runs on the coordinator's primary, from a container of the cluster on \
+                      this node.\n\n\
                       Example (group 3 added to demo.yml):\n  \
                       swarmctl citus add-group -f demo.yml --group 3"
     )]
