@@ -215,25 +215,35 @@ pub async fn run(member: &MemberEnv) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// Health: etcd serves its client port (`GET /version` answers 200); the summary says whether
-/// the cluster has a leader (`GET /health`). A member of a cluster without quorum is not
-/// unhealthy itself: Swarm would replace it, which cannot bring the quorum back and only
-/// delays it.
+/// Health: the etcd process runs (this sidecar is PID 1 and ends with it) and its PEER port
+/// accepts TCP connections, which etcd opens before it has joined a quorum. The client port
+/// (`GET /version`) only answers once the member has joined a cluster with a leader, and on
+/// Swarm a task's name is published in DNS only after its healthcheck passes: a check on the
+/// client port would keep every member out of DNS, so the members could never find each
+/// other and the cluster would never form. The summary says whether the cluster has a leader
+/// (`GET /health` on the client port) but never fails on it: Swarm would replace a member of
+/// a cluster without quorum, which cannot bring the quorum back and only delays it.
 pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
-    let Role::Etcd { client_port, .. } = &member.role else {
+    let Role::Etcd {
+        client_port,
+        peer_port,
+        ..
+    } = &member.role
+    else {
         bail!("mode {} is not an etcd member", member.mode());
     };
-    let timeout = Duration::from_secs(5);
-    let (code, body) = http::get("127.0.0.1", *client_port, "/version", timeout).await?;
-    if code != 200 {
-        bail!("etcd answers GET /version with {code}: {}", body.trim());
-    }
-    let quorum = match http::get("127.0.0.1", *client_port, "/health", timeout).await {
+    http::listening("127.0.0.1", *peer_port, Duration::from_secs(5))
+        .await
+        .context("etcd does not accept peer connections")?;
+    let quorum = match http::get("127.0.0.1", *client_port, "/health", Duration::from_secs(2)).await
+    {
         Ok((200, body)) if body.contains("true") => "the cluster has a leader",
         Ok(_) => "the cluster has no leader (quorum lost or not formed yet)",
-        Err(_) => "cluster health unknown",
+        Err(_) => "not serving clients yet (no quorum formed or joined yet)",
     };
-    Ok(format!("etcd serving; {quorum}"))
+    Ok(format!(
+        "etcd accepting peers on port {peer_port}; {quorum}"
+    ))
 }
 
 #[cfg(test)]

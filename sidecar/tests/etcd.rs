@@ -1,7 +1,9 @@
 //! Host integration test of the `etcd` mode: a member started by the sidecar serves the v3
 //! API through its gRPC gateway (what Patroni's etcd3 client uses), stops cleanly on SIGTERM
 //! and, started again on the same volume, comes back with its data instead of bootstrapping
-//! a new cluster.
+//! a new cluster. A member whose peers are not reachable yet is healthy as soon as it
+//! accepts peer connections: on Swarm a task is found by name only once it is healthy, so
+//! the members of a new cluster must be healthy before they have a quorum.
 
 mod common;
 
@@ -105,4 +107,73 @@ fn an_etcd_member_keeps_its_data_across_a_restart() {
         "{}",
         second.log_text()
     );
+}
+
+#[test]
+fn an_etcd_member_is_healthy_before_its_cluster_has_a_quorum() {
+    let dir = TestDir::new();
+    let (client_port, peer_port) = (free_port(), free_port());
+    // The two other members are never started: this member can never reach a quorum.
+    let absent = [free_port(), free_port()];
+    let member = MemberEnv {
+        common: dir.common("demo", "etcd1"),
+        role: Role::Etcd {
+            initial_cluster: vec![
+                EtcdPeer {
+                    name: "etcd1".into(),
+                    peer_url: format!("http://127.0.0.1:{peer_port}"),
+                },
+                EtcdPeer {
+                    name: "etcd2".into(),
+                    peer_url: format!("http://127.0.0.1:{}", absent[0]),
+                },
+                EtcdPeer {
+                    name: "etcd3".into(),
+                    peer_url: format!("http://127.0.0.1:{}", absent[1]),
+                },
+            ],
+            client_port,
+            peer_port,
+        },
+    };
+
+    let (code, out) = Sidecar::start(
+        "etcd1-health-before",
+        &env_of(&member),
+        &["health"],
+        dir.path(),
+    )
+    .finish(PATIENCE);
+    assert_ne!(code, 0, "healthy with no etcd running: {out}");
+    assert!(
+        out.contains("peer"),
+        "the failure names the peer port: {out}"
+    );
+
+    let mut running = Sidecar::run(&dir, &member);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let out = loop {
+        let (code, out) = Sidecar::start("etcd1-health", &env_of(&member), &["health"], dir.path())
+            .finish(PATIENCE);
+        if code == 0 {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member never became healthy: {out}\n{}",
+            running.log_text()
+        );
+        assert!(
+            running.wait_exit(Duration::from_millis(500)).is_none(),
+            "etcd exited:\n{}",
+            running.log_text()
+        );
+    };
+    assert!(!out.contains("has a leader"), "{out}");
+    assert!(out.contains("accepting peers"), "{out}");
+    assert!(
+        post(client_port, "/v3/kv/range", r#"{"key": "cGdzd2FybQ=="}"#).is_err(),
+        "a member without quorum serves no reads"
+    );
+    assert_eq!(running.stop(), 0, "a clean stop:\n{}", running.log_text());
 }
