@@ -305,6 +305,10 @@ pub struct Dcs {
     pub retry_timeout: u32,
     pub maximum_lag_on_failover: u64,
     pub synchronous_mode: SyncModeValue,
+    /// How long a primary that crashed (or whose container was killed and restarted) may take
+    /// to come back in place before Patroni fails over; absent means Patroni's default (300 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_start_timeout: Option<u32>,
     /// Keep the primary running while the DCS is unreachable if every member still answers it.
     pub failsafe_mode: bool,
     pub postgresql: DcsPostgresql,
@@ -513,6 +517,7 @@ pub fn render(
                 retry_timeout: timing.retry_timeout,
                 maximum_lag_on_failover: spec.maximum_lag_on_failover,
                 synchronous_mode: SyncModeValue(spec.synchronous_mode),
+                primary_start_timeout: primary_start_timeout(spec.synchronous_mode),
                 failsafe_mode: true,
                 postgresql: DcsPostgresql {
                     use_pg_rewind: true,
@@ -544,6 +549,24 @@ pub fn render(
         },
         watchdog: Watchdog { mode: "off".into() },
     })
+}
+
+/// `primary_start_timeout` for a synchronous mode. Swarm restarts a killed container within
+/// seconds, while the leader lock (ttl) is still held: with Patroni's default the restarted
+/// member keeps its lock and starts PostgreSQL again in place as the primary, so a crashed
+/// primary causes no failover at all, only an outage as long as its restart.
+///
+/// - Synchronous mode on or quorum: `0`, fail over at once to a synchronous standby. Every
+///   acknowledged commit is on such a standby, so promoting it loses nothing, and it is
+///   faster than crash recovery in place. (Patroni still restarts in place when no member
+///   can take over.)
+/// - Off: Patroni's default. An asynchronous standby may lack the last acknowledged commits;
+///   restarting the crashed primary in place keeps them, at the cost of a longer outage.
+fn primary_start_timeout(mode: SynchronousMode) -> Option<u32> {
+    match mode {
+        SynchronousMode::On | SynchronousMode::Quorum => Some(0),
+        SynchronousMode::Off => None,
+    }
 }
 
 /// The text of patroni.yml. It is written in JSON syntax, which is YAML too: every string is
@@ -969,6 +992,31 @@ mod tests {
             y["bootstrap"]["dcs"]["synchronous_mode"].as_str(),
             Some("quorum")
         );
+    }
+
+    #[test]
+    fn a_crashed_primary_fails_over_at_once_only_in_synchronous_modes() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let mut s = spec(&pg, &etcd);
+        for (mode, expected) in [
+            (SynchronousMode::On, Some(0)),
+            (SynchronousMode::Quorum, Some(0)),
+            (SynchronousMode::Off, None),
+        ] {
+            s.synchronous_mode = mode;
+            let y = yaml_of(&render(&common(), &s, &host(), &credentials()).unwrap());
+            let dcs = &y["bootstrap"]["dcs"];
+            assert_eq!(
+                dcs["primary_start_timeout"].as_u64(),
+                expected,
+                "synchronous mode {mode:?}"
+            );
+            if expected.is_none() {
+                // Absent, so Patroni's default (restart in place) applies.
+                assert!(dcs.get("primary_start_timeout").is_none(), "{mode:?}");
+            }
+        }
     }
 
     #[test]
