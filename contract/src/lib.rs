@@ -206,10 +206,12 @@ impl Secret {
         format!("{}/{}", defaults::SECRETS_DIR, self.file_name())
     }
 
-    /// Which modes need this secret.
+    /// Which modes need this secret. The router (HAProxy) checks members through Patroni's
+    /// unauthenticated health endpoints and holds no credential; the pooler needs the
+    /// superuser password for PgBouncer's auth file.
     pub fn needed_by(self, mode: Mode) -> bool {
         match (self, mode) {
-            (_, Mode::Etcd) => false,
+            (_, Mode::Etcd | Mode::Router) => false,
             (Secret::SuperuserPassword, _) => true,
             (Secret::ReplicationPassword, Mode::Primary | Mode::Replica | Mode::Patroni) => true,
             (Secret::ReplicationPassword, _) => false,
@@ -1052,6 +1054,33 @@ mod tests {
             };
             assert_eq!(round_trip(&member), member);
         }
+    }
+
+    #[test]
+    fn each_mode_gets_only_the_secrets_it_uses() {
+        let needs = |mode| {
+            Secret::ALL
+                .into_iter()
+                .filter(|s| s.needed_by(mode))
+                .collect::<Vec<_>>()
+        };
+        let all = vec![
+            Secret::SuperuserPassword,
+            Secret::ReplicationPassword,
+            Secret::RestPassword,
+        ];
+        assert_eq!(needs(Mode::Patroni), all);
+        assert_eq!(
+            needs(Mode::Primary),
+            vec![Secret::SuperuserPassword, Secret::ReplicationPassword]
+        );
+        assert_eq!(
+            needs(Mode::Replica),
+            vec![Secret::SuperuserPassword, Secret::ReplicationPassword]
+        );
+        assert_eq!(needs(Mode::Pooler), vec![Secret::SuperuserPassword]);
+        assert!(needs(Mode::Router).is_empty());
+        assert!(needs(Mode::Etcd).is_empty());
     }
 
     #[test]

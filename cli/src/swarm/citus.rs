@@ -19,7 +19,7 @@ use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
-use pgswarm_contract::{Mode, Role};
+use pgswarm_contract::{Role, Secret};
 use serde_json::Value;
 
 use crate::spec::{Cluster, ServiceKind, Topology};
@@ -422,7 +422,7 @@ impl Coordinator<'_> {
             .cluster
             .services
             .iter()
-            .filter(|s| s.mode() != Mode::Etcd)
+            .filter(|s| Secret::SuperuserPassword.needed_by(s.mode()))
             .find_map(|s| {
                 views
                     .iter()
@@ -432,7 +432,7 @@ impl Coordinator<'_> {
             .ok_or_else(|| {
                 anyhow!(
                     "no container of cluster {} holding the superuser secret runs on this node: \
-                     run swarmctl on a node that runs the router, the pooler or a member",
+                     run swarmctl on a node that runs the pooler or a member",
                     self.cluster.name
                 )
             })?;

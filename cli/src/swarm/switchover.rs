@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use pgswarm_contract::Mode;
+use pgswarm_contract::Secret;
 use serde_json::Value;
 
 use crate::spec::{Cluster, Service, ServiceKind, Topology};
@@ -46,7 +46,7 @@ pub async fn write_check(
     let container = cluster
         .services
         .iter()
-        .filter(|s| s.mode() != Mode::Etcd)
+        .filter(|s| Secret::SuperuserPassword.needed_by(s.mode()))
         .find_map(|s| {
             views
                 .iter()
