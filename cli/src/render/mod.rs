@@ -5,7 +5,8 @@
 //! `pgswarm-sidecar health`, grace periods long enough for a clean shutdown, restart and update
 //! policies suited to databases (one at a time, stop before start where a volume or a host
 //! port is involved), TCP keepalives below the 900 s IPVS idle timeout, DNS round robin for
-//! members (they address each other by service name), and external Docker secrets only.
+//! members (they address each other by service name) and for the router and pooler unless they
+//! publish through the ingress mesh, and external Docker secrets only.
 
 mod emit;
 
@@ -328,6 +329,20 @@ pub fn render_stack(cluster: &Cluster) -> StackFile {
     }
 }
 
+/// How a service's name resolves. Members are addressed by service name and must resolve to
+/// the task itself: always DNS round robin. The router and pooler use DNS round robin too,
+/// unless they publish a port through the ingress routing mesh, which needs a virtual IP
+/// (Swarm refuses `dnsrr` with ingress-published ports). A VIP is an IPVS load balancer:
+/// it does not work on kernels without IPVS ("No route to host" from the pooler to the
+/// router) and drops idle TCP connections after 900 s, so it is used only when asked for.
+fn endpoint_mode(service: &Service) -> &'static str {
+    if !service.is_stateful() && service.ports.iter().any(|p| p.mode == PortMode::Ingress) {
+        "vip"
+    } else {
+        "dnsrr"
+    }
+}
+
 fn compose_service(cluster: &Cluster, service: &Service) -> ComposeService {
     let t = timing(service.kind);
     let mut service_labels = OrderedMap(vec![
@@ -412,14 +427,7 @@ fn compose_service(cluster: &Cluster, service: &Service) -> ComposeService {
         labels: service_labels.clone(),
         deploy: Deploy {
             replicas: service.replicas,
-            // Members are addressed by service name and must resolve to the task itself; the
-            // router and pooler sit behind a VIP so published ports go through the mesh.
-            endpoint_mode: if service.is_stateful() {
-                "dnsrr"
-            } else {
-                "vip"
-            }
-            .into(),
+            endpoint_mode: endpoint_mode(service).into(),
             labels: service_labels,
             placement: PlacementSpec {
                 constraints: service.placement.all_constraints(),
@@ -533,10 +541,35 @@ mod tests {
             "node.labels.pgswarm.demo.pg1 == true"
         );
         let router = &s["services"]["router"];
+        // Published through the ingress mesh by default, which needs a VIP.
+        assert_eq!(router["ports"][0]["mode"], "ingress");
         assert_eq!(router["deploy"]["endpoint_mode"], "vip");
         assert_eq!(router["deploy"]["update_config"]["order"], "start-first");
         assert!(router.get("volumes").is_none());
         assert!(router["deploy"]["placement"].get("constraints").is_none());
+    }
+
+    #[test]
+    fn router_and_pooler_use_dnsrr_unless_published_through_the_mesh() {
+        for (publish, expected) in [("host", "dnsrr"), ("none", "dnsrr"), ("ingress", "vip")] {
+            let s = stack(&format!(
+                "name: demo\ntopology: patroni\nrouter:\n  publish: {publish}\n\
+                 pooler:\n  publish: {publish}\n"
+            ));
+            for name in ["router", "pooler"] {
+                let service = &s["services"][name];
+                assert_eq!(
+                    service["deploy"]["endpoint_mode"], expected,
+                    "{name} published {publish}"
+                );
+                if let Some(ports) = service["ports"].as_sequence() {
+                    assert!(
+                        ports.iter().all(|p| p["mode"] == publish),
+                        "{name}: {ports:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub fn starter_spec(topology: Topology, name: &str) -> Result<String, SpecError>
 }
 
 /// The text of the default spec (a Patroni cluster for a single-node swarm: 3 members, 3 etcd,
-/// router on 5000/5001 and pooler on 6432, published through the ingress mesh).
+/// router on 5000/5001 and pooler on 6432, published in host mode so that it works without
+/// IPVS, which the ingress mesh and service virtual IPs need).
 pub fn default_spec_text() -> &'static str {
     DEFAULT
 }

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use bollard::models::SwarmInitRequest;
 use pgswarm_contract::{Role, Secret};
 
-use crate::spec::Cluster;
+use crate::spec::{Cluster, PortMode};
 
 use super::labels::{self, removal};
 use super::progress::Progress;
@@ -196,7 +196,7 @@ pub async fn up(
     ));
     let state = engine.swarm_state().await?;
     println!("{}", connection_help(cluster, &state.node_addr));
-    if super::engine::local_ipvs(engine) == Some(false) {
+    if uses_mesh(cluster) && super::engine::local_ipvs(engine) == Some(false) {
         eprintln!("warning: {}", super::engine::NO_IPVS);
     }
     Ok(())
@@ -209,6 +209,15 @@ fn unreachable_target(cluster: &Cluster) -> (String, u16) {
         .map(|s| s.name.clone())
         .unwrap_or_default();
     switchover::write_target(cluster, &leader)
+}
+
+/// Whether a service of `cluster` publishes through the ingress routing mesh (which, like
+/// service virtual IPs, needs IPVS).
+fn uses_mesh(cluster: &Cluster) -> bool {
+    cluster
+        .services
+        .iter()
+        .any(|s| s.ports.iter().any(|p| p.mode == PortMode::Ingress))
 }
 
 /// How to connect to `cluster`, for the end of `up`.
@@ -255,9 +264,13 @@ pub fn connection_help(cluster: &Cluster, node_addr: &str) -> String {
         .next()
         .map(|s| s.name.clone())
         .unwrap_or_default();
+    out.push_str(if uses_mesh(cluster) {
+        "  (published through the swarm's routing mesh: any node's address works)\n"
+    } else {
+        "  (published in host mode: the address of the node that runs the service)\n"
+    });
     out.push_str(&format!(
-        "  (published through the swarm's routing mesh: any node's address works)\n\
-         password of {superuser} (a Docker secret, generated; never printed by swarmctl):\n  \
+        "password of {superuser} (a Docker secret, generated; never printed by swarmctl):\n  \
          {}\n\
          status:  swarmctl status{}\n\
          remove:  swarmctl down{}   (add --volumes to delete the data, --secrets the passwords)\n",
@@ -329,5 +342,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("swarmctl down "), "{text}");
+        // The default cluster publishes in host mode: it needs no IPVS.
+        assert!(!uses_mesh(&c));
+        assert!(text.contains("published in host mode"), "{text}");
     }
 }
