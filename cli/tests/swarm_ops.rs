@@ -448,7 +448,16 @@ fn patroni_example_deploys_healthy_and_switches_over() {
     let (table, _) = c.run_ok(&["status"]);
     assert!(table.contains(&format!("leader: {}", before[0])), "{table}");
 
-    let target = &replicas[0];
+    // The example runs in synchronous mode: Patroni hands over only to the synchronous standby.
+    let target = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["role"] == "sync standby")
+        .and_then(|m| m["member"].as_str())
+        .map(String::from)
+        .unwrap_or_else(|| panic!("a sync standby in synchronous mode: {status:#}"));
+    let target = &target;
     let (out, progress) = c.run_ok(&["switchover", "--to", target, "--timeout", "180"]);
     assert!(
         out.contains(&format!("leader: {} -> {target}", before[0])),

@@ -14,7 +14,9 @@ use bollard::query_parameters::{
 };
 
 use crate::render;
-use crate::spec::{Cluster, ServiceKind, Topology};
+use pgswarm_contract::{Role, SynchronousMode};
+
+use crate::spec::{Cluster, Service, ServiceKind, Topology};
 
 use super::constraints::unplaceable;
 use super::engine::is_status;
@@ -146,6 +148,30 @@ pub fn replication_pending(
         Topology::Citus => cluster.citus_groups().into_keys().map(Some).collect(),
         _ => vec![None],
     };
+    for g in &groups {
+        // In synchronous mode a group of two or more is ready once a standby is synchronous:
+        // before that, commits wait (mode on) and a switchover has no candidate.
+        let members: Vec<&Service> = cluster
+            .data_members()
+            .filter(|s| matches!(s.kind, ServiceKind::Data { group } if group == *g))
+            .collect();
+        let synchronous = members.iter().any(|s| {
+            matches!(
+                s.env.role,
+                Role::Patroni { synchronous_mode, .. } if synchronous_mode != SynchronousMode::Off
+            )
+        });
+        let has_sync = members
+            .iter()
+            .any(|s| db.get(&s.name).is_some_and(|r| r.role.contains("standby")));
+        if synchronous && members.len() > 1 && !has_sync {
+            let what = g.map_or(String::new(), |g| format!(" in group {g}"));
+            pending.push((
+                format!("synchronous standby{what}"),
+                "none assigned yet".to_string(),
+            ));
+        }
+    }
     for g in groups {
         let l = leaders.get(&g).map(Vec::len).unwrap_or(0);
         if l != 1 {
@@ -413,6 +439,16 @@ mod tests {
             ("pg2".to_string(), row("replica", "streaming")),
             ("pg3".to_string(), row("sync standby", "streaming")),
         ]);
+        assert!(replication_pending(&c, &db).is_empty());
+        // Synchronous mode waits for a synchronous standby.
+        let sync =
+            crate::spec::parse("name: demo\ntopology: patroni\npatroni:\n  synchronous_mode: on\n")
+                .expect("valid")
+                .cluster;
+        db.insert("pg3".into(), row("replica", "streaming"));
+        let p = replication_pending(&sync, &db);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].0.starts_with("synchronous standby"));
         assert!(replication_pending(&c, &db).is_empty());
         db.insert("pg3".into(), row("replica", "starting"));
         let p = replication_pending(&c, &db);

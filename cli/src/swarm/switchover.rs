@@ -177,6 +177,35 @@ pub async fn switchover(
                 t.name
             );
         }
+        // In synchronous mode Patroni hands over only to a synchronous standby.
+        let synchronous = in_group.iter().any(|s| {
+            matches!(
+                s.env.role,
+                pgswarm_contract::Role::Patroni { synchronous_mode, .. }
+                    if synchronous_mode != pgswarm_contract::SynchronousMode::Off
+            )
+        });
+        let sync: Vec<&str> = in_group
+            .iter()
+            .filter(|s| db.get(&s.name).is_some_and(|r| r.role.contains("standby")))
+            .map(|s| s.name.as_str())
+            .collect();
+        if synchronous && sync.is_empty() {
+            bail!(
+                "synchronous mode is on, but Patroni lists no synchronous standby yet, so no \
+                 member can take over without losing commits; try again once `swarmctl status` \
+                 shows one"
+            );
+        }
+        if synchronous && !sync.contains(&t.name.as_str()) {
+            bail!(
+                "{} is not a synchronous standby ({} is): in synchronous mode Patroni hands the \
+                 leader over only to a synchronous standby; use --to {}",
+                t.name,
+                sync.join(", "),
+                sync[0]
+            );
+        }
     }
     // Ask from the leader's container when it runs here, else from any member of the group.
     let container = std::iter::once(leader.as_str())
