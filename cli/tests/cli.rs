@@ -208,7 +208,9 @@ fn an_empty_stdin_is_an_invalid_spec() {
 fn help_shows_examples_and_exit_codes() {
     let out = swarmctl(&["--help"], None);
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stdout).contains("Exit codes: 0 success, 1 invalid spec, 2 any other error"));
+    assert!(text(&out.stdout).contains(
+        "Exit codes: 0 success, 1 invalid spec or failed checks (doctor), 2 any other error"
+    ));
     let out = swarmctl(&["generate", "--help"], None);
     assert!(text(&out.stdout).contains("swarmctl generate -f demo.yml -o demo.stack.yml"));
 }
