@@ -27,7 +27,7 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "unit and host integration tests"
-cargo test --workspace --exclude pgswarm-swarm-tests 2>&1 | tee /tmp/pgswarm-test-host.log
+cargo test --no-fail-fast --workspace --exclude pgswarm-swarm-tests 2>&1 | tee /tmp/pgswarm-test-host.log
 
 if [ "${PGSWARM_SKIP_SWARM:-0}" = 1 ]; then
   echo "swarm end-to-end suite not run: PGSWARM_SKIP_SWARM=1"
