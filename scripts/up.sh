@@ -5,8 +5,8 @@
 #   2. installs debootstrap when missing (the image's base is built from Debian packages when
 #      no registry provides debian:trixie-slim);
 #   3. builds swarmctl (cargo build --release);
-#   4. runs `swarmctl up`: a single-node swarm on 127.0.0.1 when there is none, the image
-#      (scripts/build-image.sh) when missing, node labels, secrets, the default Patroni
+#   4. runs `swarmctl up --build`: a single-node swarm on 127.0.0.1 when there is none, the
+#      image (scripts/build-image.sh, from this tree), node labels, secrets, the default Patroni
 #      cluster, a wait until it is healthy and a write through the pooler; then it prints how
 #      to connect.
 # Arguments go to `swarmctl up` (e.g. `scripts/up.sh --image pgswarm:dev`).
@@ -56,5 +56,7 @@ fi
 log "cargo build --release -p swarmctl"
 cargo build --release --quiet -p swarmctl
 
-log "swarmctl up $*"
-exec "$repo/target/release/swarmctl" up "$@"
+# --build: the image is rebuilt from this tree (cached layers make that quick), so it always
+# matches the swarmctl just built.
+log "swarmctl up --build $*"
+exec "$repo/target/release/swarmctl" up --build "$@"

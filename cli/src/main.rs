@@ -159,6 +159,10 @@ enum Command {
         /// Use this image instead of the spec's.
         #[arg(long)]
         image: Option<String>,
+        /// Build the image with scripts/build-image.sh even when it exists (after a change to
+        /// the repository).
+        #[arg(long)]
+        build: bool,
         /// Seconds to wait until healthy.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
@@ -479,6 +483,7 @@ async fn operate(command: Command) -> Result<(), Failure> {
         Command::Up {
             file,
             image,
+            build,
             timeout,
         } => {
             let mut cluster = match file {
@@ -496,6 +501,7 @@ async fn operate(command: Command) -> Result<(), Failure> {
             swarm::up::up(
                 &engine,
                 &cluster,
+                build,
                 Duration::from_secs(timeout),
                 &mut progress,
             )

@@ -72,13 +72,16 @@ pub async fn ensure_swarm(engine: &Engine, progress: &mut Progress) -> anyhow::R
     }
 }
 
-/// Builds `image` with the repository's build script when it is missing.
+/// Builds `image` with the repository's build script when it is missing, or always when
+/// `rebuild`.
 pub async fn ensure_image(
     engine: &Engine,
     image: &str,
+    rebuild: bool,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
-    if engine.has_image(image).await? {
+    let present = engine.has_image(image).await?;
+    if present && !rebuild {
         return Ok(());
     }
     let Some(repo) = find_repository() else {
@@ -89,8 +92,12 @@ pub async fn ensure_image(
         );
     };
     progress.say(&format!(
-        "image {image} is missing: building it with {}/{BUILD_SCRIPT} (a few minutes the first \
-         time)",
+        "image {image} is {}: building it with {}/{BUILD_SCRIPT} (a few minutes the first time)",
+        if present {
+            "asked to be rebuilt"
+        } else {
+            "missing"
+        },
         repo.display()
     ));
     let status = tokio::process::Command::new(repo.join(BUILD_SCRIPT))
@@ -140,11 +147,12 @@ pub async fn label(
 pub async fn up(
     engine: &Engine,
     cluster: &Cluster,
+    rebuild_image: bool,
     timeout: Duration,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
     ensure_swarm(engine, progress).await?;
-    ensure_image(engine, &cluster.image, progress).await?;
+    ensure_image(engine, &cluster.image, rebuild_image, progress).await?;
     label(engine, cluster, progress).await?;
     deploy::deploy(engine, cluster, progress).await?;
     progress.say(&format!(
