@@ -610,11 +610,21 @@ mod tests {
     #[tokio::test]
     async fn shutdown_is_forwarded_through_the_mapping() {
         // The child exits 42 only when it receives SIGINT; SIGTERM would kill it (143).
-        let spec = sh("trap 'exit 42' INT; while :; do sleep 0.05; done")
-            .forward(Signal::SIGTERM, Signal::SIGINT);
-        let code = supervise(spec, tokio::time::sleep(Duration::from_millis(300)))
-            .await
-            .unwrap();
+        // Shutdown is requested only once the child has installed its trap (it says so by
+        // creating a file), so a loaded machine cannot make the signal arrive first.
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("trap-installed");
+        let script = format!(
+            "trap 'exit 42' INT; : > '{}'; while :; do sleep 0.05; done",
+            ready.display()
+        );
+        let spec = sh(&script).forward(Signal::SIGTERM, Signal::SIGINT);
+        let trap_installed = async move {
+            while !ready.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let code = supervise(spec, trap_installed).await.unwrap();
         assert_eq!(code, 42);
     }
 
