@@ -110,9 +110,9 @@ enum Command {
     #[command(after_help = "Examples:\n  swarmctl status -f demo.yml\n  \
                             swarmctl status -f demo.yml --output json")]
     Status {
-        /// The spec file, or `-` for standard input.
+        /// The spec file, or `-` for standard input (default: the cluster of `swarmctl up`).
         #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: OutputFormat,
@@ -124,9 +124,9 @@ enum Command {
                       swarmctl switchover -f demo.yml --to pg2"
     )]
     Switchover {
-        /// The spec file, or `-` for standard input.
+        /// The spec file, or `-` for standard input (default: the cluster of `swarmctl up`).
         #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// The member to become leader (default: the best replica, chosen by Patroni).
         #[arg(long, value_name = "MEMBER")]
         to: Option<String>,
@@ -140,9 +140,9 @@ enum Command {
                       run.\n\nExample:\n  swarmctl doctor -f demo.yml"
     )]
     Doctor {
-        /// The spec file, or `-` for standard input.
+        /// The spec file, or `-` for standard input (default: the cluster of `swarmctl up`).
         #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        file: Option<PathBuf>,
     },
     /// From a machine with Docker to a healthy cluster: swarm, image, labels, secrets, deploy.
     #[command(
@@ -367,6 +367,16 @@ fn load_cluster(file: &Path) -> Result<Cluster, Failure> {
     Ok(validated.cluster)
 }
 
+/// The spec at `file`, or the embedded default one (the cluster `swarmctl up` deploys).
+fn load_cluster_or_default(file: Option<&Path>) -> Result<Cluster, Failure> {
+    match file {
+        Some(f) => load_cluster(f),
+        None => Ok(spec::default_cluster()
+            .map_err(|e| anyhow::anyhow!("the embedded default spec is invalid: {e}"))?
+            .cluster),
+    }
+}
+
 /// The commands that operate a swarm through the Docker API.
 async fn operate(command: Command) -> Result<(), Failure> {
     let mut progress = Progress::new();
@@ -442,7 +452,7 @@ async fn operate(command: Command) -> Result<(), Failure> {
             }
         }
         Command::Status { file, output } => {
-            let cluster = load_cluster(&file)?;
+            let cluster = load_cluster_or_default(file.as_deref())?;
             let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
             let status = swarm::status::read(&engine, &cluster).await?;
             match output {
@@ -455,7 +465,7 @@ async fn operate(command: Command) -> Result<(), Failure> {
             }
         }
         Command::Switchover { file, to, timeout } => {
-            let cluster = load_cluster(&file)?;
+            let cluster = load_cluster_or_default(file.as_deref())?;
             let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
             let outcome = swarm::switchover::switchover(
                 &engine,
@@ -471,7 +481,7 @@ async fn operate(command: Command) -> Result<(), Failure> {
             );
         }
         Command::Doctor { file } => {
-            let cluster = load_cluster(&file)?;
+            let cluster = load_cluster_or_default(file.as_deref())?;
             let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
             let report = swarm::doctor::run(&engine, &cluster).await?;
             write_stdout(&report.render())?;
