@@ -19,7 +19,7 @@ use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
-use pgswarm_contract::{Role, Secret};
+use pgswarm_contract::Role;
 use serde_json::Value;
 
 use crate::spec::{Cluster, ServiceKind, Topology};
@@ -27,7 +27,7 @@ use crate::spec::{Cluster, ServiceKind, Topology};
 use super::exec::exec;
 use super::nodes::{self, NodeView};
 use super::progress::Progress;
-use super::status::{db_view, docker_view, ServiceView};
+use super::status::{self, db_view, docker_view, ServiceView};
 use super::{deploy, service_name, Engine};
 
 /// Where Debian's PostgreSQL packages put extension control files (any major version).
@@ -418,24 +418,7 @@ impl Coordinator<'_> {
     /// coordinator's primary is reached from it.
     async fn route(&self) -> anyhow::Result<(String, String, u16)> {
         let views = docker_view(self.engine, self.cluster, &self.nodes).await?;
-        let container = self
-            .cluster
-            .services
-            .iter()
-            .filter(|s| Secret::SuperuserPassword.needed_by(s.mode()))
-            .find_map(|s| {
-                views
-                    .iter()
-                    .find(|v| v.member == s.name)
-                    .and_then(|v| v.container.clone())
-            })
-            .ok_or_else(|| {
-                anyhow!(
-                    "no container of cluster {} holding the superuser secret runs on this node: \
-                     run swarmctl on a node that runs the pooler or a member",
-                    self.cluster.name
-                )
-            })?;
+        let container = status::superuser_container(self.cluster, &views)?;
         // The leader by its service name (DNS round robin to its one task), not the router:
         // nothing between, and no dependence on the router's virtual IP.
         let leader = coordinator_leader(self.engine, self.cluster, &views).await?;

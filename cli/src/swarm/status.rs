@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{anyhow, bail, Context};
 use bollard::models::{HealthStatusEnum, Task, TaskState};
 use bollard::query_parameters::ListTasksOptions;
-use pgswarm_contract::{defaults, Role};
+use pgswarm_contract::{defaults, Role, Secret};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -593,6 +593,29 @@ pub fn render_table(status: &ClusterStatus) -> String {
         out.push_str(&format!("database view unavailable: {e}\n"));
     }
     out
+}
+
+/// A running container on this node whose service mounts the superuser secret, so that a
+/// command run in it (`pgswarm-sidecar ctl ...`) can read the password without it ever
+/// leaving the container.
+pub fn superuser_container(cluster: &Cluster, views: &[ServiceView]) -> anyhow::Result<String> {
+    cluster
+        .services
+        .iter()
+        .filter(|s| Secret::SuperuserPassword.needed_by(s.mode()))
+        .find_map(|s| {
+            views
+                .iter()
+                .find(|v| v.member == s.name)
+                .and_then(|v| v.container.clone())
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no container of cluster {} holding the superuser secret runs on this node: \
+                 run swarmctl on a node that runs the pooler or a member",
+                cluster.name
+            )
+        })
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use pgswarm_contract::Secret;
 use serde_json::Value;
 
 use crate::spec::{Cluster, Service, ServiceKind, Topology};
@@ -43,22 +42,7 @@ pub async fn write_check(
     host: &str,
     port: u16,
 ) -> anyhow::Result<String> {
-    let container = cluster
-        .services
-        .iter()
-        .filter(|s| Secret::SuperuserPassword.needed_by(s.mode()))
-        .find_map(|s| {
-            views
-                .iter()
-                .find(|v| v.member == s.name)
-                .and_then(|v| v.container.clone())
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "no container of cluster {} holding the superuser secret runs on this node",
-                cluster.name
-            )
-        })?;
+    let container = status::superuser_container(cluster, views)?;
     let port_text = port.to_string();
     let out = exec(
         engine,
