@@ -535,6 +535,8 @@ pub fn join(
 
 /// Reads the status of `cluster`.
 pub async fn read(engine: &Engine, cluster: &Cluster) -> anyhow::Result<ClusterStatus> {
+    // Only a manager can list nodes and tasks: say so plainly rather than relay a 503.
+    engine.require_manager().await?;
     let nodes = super::nodes::list(engine).await?;
     let views = docker_view(engine, cluster, &nodes).await?;
     if views.iter().all(|v| v.task_state == "not deployed") {
