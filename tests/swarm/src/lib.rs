@@ -14,6 +14,7 @@ pub mod image;
 pub mod patroni;
 pub mod pg;
 pub mod probe;
+pub mod report;
 pub mod scenarios;
 pub mod secrets;
 pub mod specs;

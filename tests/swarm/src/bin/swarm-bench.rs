@@ -1,28 +1,62 @@
 //! `swarm-bench`: what a failover and a switchover cost on a real swarm.
 //!
-//! Deploys the Patroni topology (synchronous mode by default), then repeats N times each:
-//! a failover (`docker kill` of the leader's container) and a planned switchover
-//! (`patronictl switchover`), both under a write every ~20 ms through the router. Prints
-//! min / median / max of the write gap, client errors and lost acknowledged commits, and the
-//! time from `docker stack deploy` to a healthy cluster. Not part of the test run:
+//! Deploys the Patroni topology (synchronous mode by default), then repeats each chosen
+//! scenario `--trials` times under a write every ~20 ms through the router, and prints per
+//! scenario min / median / max of the write gap and of the client errors, and the lost
+//! acknowledged commits (a table, or one JSON object with `--output json`). Not part of the
+//! test run:
 //!
-//!   cargo run --release -p pgswarm-swarm-tests --bin swarm-bench -- --trials 5
+//!   cargo run --release -p pgswarm-swarm-tests --bin swarm-bench -- \
+//!       --scenario failover --scenario switchover --trials 5 --output json
+//!
+//! Scenarios on a single-node swarm: `failover` (`docker kill` of the leader's container),
+//! `switchover` (`patronictl switchover`).
 
-use anyhow::Result;
-use clap::Parser;
+use anyhow::{bail, Result};
+use clap::{Parser, ValueEnum};
 use pgswarm_swarm_tests::image::ensure_image;
 use pgswarm_swarm_tests::patroni::PatroniCluster;
+use pgswarm_swarm_tests::report::{BenchReport, ScenarioReport, Stats};
 use pgswarm_swarm_tests::scenarios::{self, DisruptionReport, DEPLOY_TIMEOUT};
 use pgswarm_swarm_tests::swarm::Swarm;
 use pgswarm_swarm_tests::{deployment, init_logging, specs};
 use std::process::ExitCode;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// `docker kill` of the leader's container.
+    Failover,
+    /// A planned switchover to another member.
+    Switchover,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Failover => "failover",
+            Scenario::Switchover => "switchover",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
 #[derive(Parser)]
 #[command(about = "Failover and switchover cost of a pgswarm Patroni stack on a real swarm")]
 struct Args {
-    /// Trials of each kind (failover, switchover).
+    /// Trials of each scenario.
     #[arg(long, default_value_t = 5)]
     trials: usize,
+    /// A scenario to run (repeatable); default: failover and switchover.
+    #[arg(long = "scenario", value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Nodes of the swarm (1: this engine's single-node swarm).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// Deployments to time (each one deploy, wait for health, teardown); trials run on the
     /// first.
     #[arg(long, default_value_t = 1)]
@@ -30,67 +64,57 @@ struct Args {
     /// Run Patroni without synchronous mode.
     #[arg(long)]
     asynchronous: bool,
-}
-
-fn stats(values: &mut [f64]) -> (f64, f64, f64) {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return (0.0, 0.0, 0.0);
-    }
-    let median = if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    };
-    (values[0], median, values[n - 1])
-}
-
-fn summary(kind: &str, reports: &[DisruptionReport]) {
-    let mut gaps: Vec<f64> = reports.iter().map(|r| r.write_gap.as_secs_f64()).collect();
-    let mut errors: Vec<f64> = reports.iter().map(|r| r.client_errors as f64).collect();
-    let mut lost: Vec<f64> = reports.iter().map(|r| r.lost as f64).collect();
-    let mut leader: Vec<f64> = reports
-        .iter()
-        .filter_map(|r| r.leader_after.map(|d| d.as_secs_f64()))
-        .collect();
-    let (g0, g1, g2) = stats(&mut gaps);
-    let (e0, e1, e2) = stats(&mut errors);
-    let (l0, l1, l2) = stats(&mut lost);
-    let (n0, n1, n2) = stats(&mut leader);
-    println!(
-        "{kind} ({} trials)                 min      median   max",
-        reports.len()
-    );
-    println!("  write gap (s)              {g0:<8.2} {g1:<8.2} {g2:<8.2}");
-    println!("  client errors              {e0:<8.0} {e1:<8.1} {e2:<8.0}");
-    println!("  lost acknowledged commits  {l0:<8.0} {l1:<8.1} {l2:<8.0}");
-    println!("  new leader seen after (s)  {n0:<8.1} {n1:<8.1} {n2:<8.1}  (patronictl polled)");
-    let moved = reports.iter().filter(|r| r.failed_over).count();
-    println!(
-        "  leadership moved in {moved} of {} trials (else the old leader kept its lock)",
-        reports.len()
-    );
+    /// `text` (a table and progress lines) or `json` (one object on standard output;
+    /// progress goes to standard error).
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
 }
 
 async fn run(args: Args) -> Result<()> {
+    if args.nodes != 1 {
+        bail!(
+            "--nodes {}: this build measures on a single-node swarm only (--nodes 1)",
+            args.nodes
+        );
+    }
     let swarm = Swarm::ensure()?;
-    let result = measure(args).await;
+    let result = measure(&args).await;
     swarm.leave_if_created()?;
-    result
+    let report = result?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string(&report)?),
+        Output::Text => println!("{report}"),
+    }
+    Ok(())
 }
 
-async fn measure(args: Args) -> Result<()> {
+async fn trial(
+    scenario: Scenario,
+    cluster: &PatroniCluster,
+    table: &str,
+) -> Result<DisruptionReport> {
+    match scenario {
+        Scenario::Failover => scenarios::failover(cluster, table).await,
+        Scenario::Switchover => scenarios::switchover(cluster, table).await,
+    }
+}
+
+async fn measure(args: &Args) -> Result<BenchReport> {
     let image = ensure_image()?;
     let synchronous = !args.asynchronous;
+    let chosen = if args.scenarios.is_empty() {
+        vec![Scenario::Failover, Scenario::Switchover]
+    } else {
+        args.scenarios.clone()
+    };
     let mut deploy_times = Vec::new();
-    let mut failovers = Vec::new();
-    let mut switchovers = Vec::new();
+    let mut results: Vec<(Scenario, Vec<DisruptionReport>)> =
+        chosen.iter().map(|s| (*s, Vec::new())).collect();
     for d in 0..args.deployments.max(1) {
         let name = deployment::unique_name("bench");
         let spec = specs::patroni(&name, &image, synchronous)?;
         let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
-        println!(
+        eprintln!(
             "deployment {}: healthy cluster {:.1} s after docker stack deploy",
             d + 1,
             cluster.ready_after.as_secs_f64()
@@ -100,35 +124,34 @@ async fn measure(args: Args) -> Result<()> {
             continue;
         }
         for t in 0..args.trials {
-            let report = scenarios::failover(&cluster, &format!("bench_failover_{t}")).await?;
-            println!("trial {}: {report}", t + 1);
-            for (error, n) in &report.errors {
-                println!("    {n} x {error}");
+            for (scenario, reports) in &mut results {
+                let table = format!("bench_{}_{t}", scenario.name().replace('-', "_"));
+                let report = trial(*scenario, &cluster, &table).await?;
+                eprintln!("trial {}: {report}", t + 1);
+                for (error, n) in &report.errors {
+                    eprintln!("    {n} x {error}");
+                }
+                reports.push(report);
             }
-            failovers.push(report);
-            let report = scenarios::switchover(&cluster, &format!("bench_switchover_{t}")).await?;
-            println!("trial {}: {report}", t + 1);
-            for (error, n) in &report.errors {
-                println!("    {n} x {error}");
-            }
-            switchovers.push(report);
         }
     }
-    println!();
-    println!(
-        "pgswarm swarm-bench: Patroni 3 members, etcd 3, HAProxy router, PgBouncer; \
-         synchronous mode {}; writes every {} ms through the router",
+    let deploy = Stats::of(deploy_times);
+    eprintln!(
+        "Patroni 3 members, etcd 3, HAProxy router, PgBouncer; synchronous mode {}; writes \
+         every {} ms through the router; deploy to healthy (s) min {:.1} median {:.1} max {:.1}",
         if synchronous { "on" } else { "off" },
-        pgswarm_swarm_tests::probe::WRITE_INTERVAL.as_millis()
+        pgswarm_swarm_tests::probe::WRITE_INTERVAL.as_millis(),
+        deploy.min,
+        deploy.median,
+        deploy.max
     );
-    summary("failover: docker kill of the leader", &failovers);
-    summary("switchover: patronictl switchover", &switchovers);
-    let (d0, d1, d2) = stats(&mut deploy_times);
-    println!(
-        "deploy to healthy ({} deployments) (s)  min {d0:.1}  median {d1:.1}  max {d2:.1}",
-        deploy_times.len()
-    );
-    Ok(())
+    Ok(BenchReport {
+        nodes: args.nodes,
+        scenarios: results
+            .iter()
+            .map(|(s, reports)| ScenarioReport::from_trials(s.name(), reports, 0))
+            .collect(),
+    })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
