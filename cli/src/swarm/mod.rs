@@ -14,6 +14,7 @@ pub mod engine;
 pub mod exec;
 pub mod labels;
 pub mod nodes;
+pub mod observe;
 pub mod progress;
 pub mod secrets;
 pub mod status;
