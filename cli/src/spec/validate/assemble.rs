@@ -22,18 +22,7 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
     let postgres_raw = raw.postgres.as_ref();
     let parameters = check_parameters(ctx, postgres_raw, topology, &root);
     let pg_path = root.key("postgres");
-    let superuser = check_role_name(
-        ctx,
-        postgres_raw.and_then(|p| p.superuser.as_deref()),
-        defaults::SUPERUSER,
-        &pg_path.key("superuser"),
-    );
-    let replication_user = check_role_name(
-        ctx,
-        postgres_raw.and_then(|p| p.replication_user.as_deref()),
-        defaults::REPLICATION_USER,
-        &pg_path.key("replication_user"),
-    );
+    let (superuser, replication_user) = check_role_names(ctx, postgres_raw, &root);
     let network = check_network(ctx, raw.network.as_ref(), &root);
     let volumes = check_volumes(ctx, raw.volumes.as_ref(), &root);
     let zone = raw.placement.as_ref().and_then(|p| p.zone_label.clone());

@@ -22,7 +22,6 @@ use super::diag::{FieldPath, Location, Problem, Rule, Severity, SpecError};
 use super::locate::locate;
 use super::model::*;
 use super::raw::*;
-use crate::keepalive;
 use crate::placement::{self, Placement};
 use pgswarm_contract::{
     defaults, Citus, Common, Endpoint, EtcdPeer, MemberEnv, PoolMode, Postgres, Role,

@@ -2,53 +2,14 @@
 //! volumes, resources, published ports and which sections a topology takes.
 
 use super::*;
+use pgswarm_contract::rules::{self, keepalive, RoleField, TimingField};
 
 /// Swarm limits service names (`<stack>_<service>`) to 63 characters.
 pub(super) const MAX_SERVICE_NAME: usize = 63;
 /// Longest cluster name, leaving room for member names and secret names.
 pub(super) const MAX_CLUSTER_NAME: usize = 30;
-/// Ports Swarm itself uses on every node.
-pub(super) const SWARM_PORTS: [(u16, &str); 3] = [
-    (2377, "cluster management"),
-    (7946, "node communication"),
-    (4789, "overlay network traffic"),
-];
-
-/// PostgreSQL parameters pgswarm (or Patroni) sets itself, with the spec field to use instead.
-pub(super) const MANAGED_PARAMETERS: &[(&str, &str)] = &[
-    (
-        "port",
-        "PostgreSQL listens on 5432 inside its container; to reach it on another port, \
-         publish it with the member's `publish.port`",
-    ),
-    ("listen_addresses", "pgswarm listens on the overlay network"),
-    (
-        "data_directory",
-        "the data directory is on the member's volume",
-    ),
-    ("hba_file", "pgswarm renders pg_hba.conf"),
-    ("ident_file", "pgswarm renders the configuration"),
-    ("config_file", "pgswarm renders the configuration"),
-    (
-        "unix_socket_directories",
-        "pgswarm chooses the socket directory",
-    ),
-    (
-        "primary_conninfo",
-        "replicas are pointed at their primary by pgswarm",
-    ),
-    (
-        "primary_slot_name",
-        "replica slots are derived from member names",
-    ),
-];
-
-/// Parameters managed by Patroni in the patroni and citus topologies.
-pub(super) const PATRONI_MANAGED_PARAMETERS: &[(&str, &str)] = &[(
-    "synchronous_standby_names",
-    "use `patroni.synchronous_mode` (Patroni manages the standby names)",
-)];
-
+/// Patroni's timings, defaulted, checked with the contract's rules (the sidecar applies the
+/// same ones, so a spec that passes here cannot make a member refuse to start).
 pub(super) fn check_timing(ctx: &mut Ctx, raw: Option<&RawPatroni>, root: &FieldPath) -> Timing {
     let path = root.key("patroni");
     let t = Timing {
@@ -61,42 +22,14 @@ pub(super) fn check_timing(ctx: &mut Ctx, raw: Option<&RawPatroni>, root: &Field
             .and_then(|p| p.maximum_lag_on_failover)
             .unwrap_or(defaults::MAXIMUM_LAG_ON_FAILOVER),
     };
-    if t.ttl < 20 {
-        ctx.report(
-            Rule::PatroniTiming,
-            &path.key("ttl"),
-            format!(
-                "ttl is {}; Patroni refuses a leader lock TTL below 20 seconds",
-                t.ttl
-            ),
-        );
-    }
-    if t.loop_wait == 0 {
-        ctx.report(
-            Rule::PatroniTiming,
-            &path.key("loop_wait"),
-            "loop_wait must be at least 1 second",
-        );
-    }
-    if t.retry_timeout == 0 {
-        ctx.report(
-            Rule::PatroniTiming,
-            &path.key("retry_timeout"),
-            "retry_timeout must be at least 1 second",
-        );
-    }
-    let budget = u64::from(t.loop_wait) + 2 * u64::from(t.retry_timeout);
-    if t.ttl >= 20 && budget > u64::from(t.ttl) {
-        ctx.report(
-            Rule::PatroniTiming,
-            &path,
-            format!(
-                "loop_wait + 2 * retry_timeout = {budget} is more than ttl = {}: the leader could \
-                 lose its lock while it is still retrying; raise ttl or lower loop_wait / \
-                 retry_timeout (defaults: ttl 20, loop_wait 5, retry_timeout 5)",
-                t.ttl
-            ),
-        );
+    for problem in rules::timing_problems(t.ttl, t.loop_wait, t.retry_timeout) {
+        let at = match problem.field() {
+            TimingField::Ttl => path.key("ttl"),
+            TimingField::LoopWait => path.key("loop_wait"),
+            TimingField::RetryTimeout => path.key("retry_timeout"),
+            TimingField::Together => path.clone(),
+        };
+        ctx.report(Rule::PatroniTiming, &at, problem.to_string());
     }
     t
 }
@@ -188,7 +121,7 @@ pub(super) fn check_ports(
             );
             continue;
         }
-        if let Some((_, what)) = SWARM_PORTS.iter().find(|(port, _)| *port == p.port) {
+        if let Some(what) = rules::swarm_reserved_port(p.port) {
             ctx.report(
                 Rule::PortInvalid,
                 &spath,
@@ -322,14 +255,9 @@ pub(super) fn is_dns_label(s: &str) -> bool {
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
 }
 
-/// Plain lowercase SQL identifier: `[a-z_][a-z0-9_]*`, at most 63 bytes.
+/// Plain lowercase SQL identifier (the contract's rule).
 pub(super) fn is_identifier(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    s.len() <= 63
-        && matches!(bytes.first(), Some(b'a'..=b'z' | b'_'))
-        && bytes
-            .iter()
-            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+    rules::is_identifier(s)
 }
 
 pub(super) fn check_image(image: &str) -> Result<(), String> {
@@ -361,104 +289,54 @@ pub(super) fn check_image(image: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn check_role_name(
+/// The superuser and replication user, defaulted, checked with the contract's role-name rules
+/// (the sidecar applies the same ones).
+pub(super) fn check_role_names(
     ctx: &mut Ctx,
-    name: Option<&str>,
-    default: &str,
-    path: &FieldPath,
-) -> String {
-    match name {
-        None => default.to_string(),
-        Some(n) => {
-            if !is_identifier(n) {
-                ctx.report(
-                    Rule::UserName,
-                    path,
-                    format!(
-                        "`{n}` is not a plain role name: use lowercase letters, digits and `_`, \
-                         starting with a letter"
-                    ),
-                );
-            }
-            n.to_string()
-        }
+    raw: Option<&RawPostgres>,
+    root: &FieldPath,
+) -> (String, String) {
+    let pg_path = root.key("postgres");
+    let superuser = raw
+        .and_then(|p| p.superuser.clone())
+        .unwrap_or_else(|| defaults::SUPERUSER.to_string());
+    let replication_user = raw
+        .and_then(|p| p.replication_user.clone())
+        .unwrap_or_else(|| defaults::REPLICATION_USER.to_string());
+    for problem in rules::role_name_problems(&superuser, &replication_user) {
+        let at = match problem.field() {
+            RoleField::Superuser => pg_path.key("superuser"),
+            RoleField::ReplicationUser => pg_path.key("replication_user"),
+        };
+        ctx.report(Rule::UserName, &at, problem.to_string());
     }
+    (superuser, replication_user)
 }
 
-/// The parameters with pgswarm's defaults (TCP keepalives) under the user's.
+/// The parameters with pgswarm's defaults (TCP keepalives) under the user's, each checked with
+/// the contract's parameter rules (the sidecar applies the same ones).
 pub(super) fn check_parameters(
     ctx: &mut Ctx,
     raw: Option<&RawPostgres>,
     topology: Option<Topology>,
     root: &FieldPath,
 ) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::from([
-        (
-            "tcp_keepalives_idle".to_string(),
-            keepalive::IDLE_SECS.to_string(),
-        ),
-        (
-            "tcp_keepalives_interval".to_string(),
-            keepalive::INTERVAL_SECS.to_string(),
-        ),
-        (
-            "tcp_keepalives_count".to_string(),
-            keepalive::COUNT.to_string(),
-        ),
-    ]);
+    let mut out: BTreeMap<String, String> = keepalive::postgres_parameters()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let Some(raw) = raw else { return out };
     let ppath = root.key("postgres").key("parameters");
-    let topology_is_patroni = matches!(topology, Some(Topology::Patroni | Topology::Citus));
+    let patroni = matches!(topology, Some(Topology::Patroni | Topology::Citus));
     for (name, Scalar(value)) in &raw.parameters {
-        let path = ppath.key(name);
-        if !is_parameter_name(name) {
-            ctx.report(
-                Rule::PgParameter,
-                &path,
-                format!(
-                    "`{name}` is not a PostgreSQL parameter name: use lowercase letters, digits \
-                     and `_` (with one `.` for extension settings like `citus.shard_count`)"
-                ),
-            );
-            continue;
+        match rules::check_parameter(name, value, patroni) {
+            Ok(()) => {
+                out.insert(name.clone(), value.clone());
+            }
+            Err(e) => ctx.report(Rule::PgParameter, &ppath.key(name), e.to_string()),
         }
-        let managed = MANAGED_PARAMETERS
-            .iter()
-            .chain(if topology_is_patroni {
-                PATRONI_MANAGED_PARAMETERS
-            } else {
-                &[]
-            })
-            .find(|(n, _)| *n == name);
-        if let Some((_, why)) = managed {
-            ctx.report(
-                Rule::PgParameter,
-                &path,
-                format!("`{name}` is managed by pgswarm and cannot be set here: {why}"),
-            );
-            continue;
-        }
-        if value.chars().any(char::is_control) {
-            ctx.report(
-                Rule::PgParameter,
-                &path,
-                format!("the value of `{name}` contains a control character (a line break?)"),
-            );
-            continue;
-        }
-        out.insert(name.clone(), value.clone());
     }
     out
-}
-
-pub(super) fn is_parameter_name(name: &str) -> bool {
-    let mut parts = name.split('.');
-    let ok_part = |p: &str| is_identifier(p);
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(a), None, _) => ok_part(a),
-        (Some(a), Some(b), None) => ok_part(a) && ok_part(b),
-        _ => false,
-    }
 }
 
 pub(super) fn check_network(ctx: &mut Ctx, raw: Option<&RawNetwork>, root: &FieldPath) -> Network {
