@@ -84,6 +84,7 @@ fn rendered() -> Vec<(&'static str, String)> {
         check_interval_ms: 1000,
         fall: 2,
         rise: 1,
+        ro_fallback: true,
     };
     let router_config =
         router::RouterConfig::from_contract(&Common::new("demo", "demo_router"), &router_role)
