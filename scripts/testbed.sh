@@ -202,6 +202,24 @@ start_daemon() {
   die "dockerd of $n did not answer on $(sock "$n") within 60 s (log: $STATE/$n/dockerd.log)"
 }
 
+# Whether this kernel can carry Docker's encrypted overlay networks between nodes: they need
+# IPsec ESP with AES-GCM (xfrm). Tried in a throw-away namespace; the answer is recorded for
+# the suite (yes/no in $STATE/encrypted-overlay).
+probe_encrypted_overlay() {
+  local ns=pgswtb-xfrm answer=no
+  ip netns add "$ns" 2>/dev/null || true
+  if ip netns exec "$ns" ip xfrm state add src 10.77.0.250 dst 10.77.0.251 proto esp spi 0x100 \
+    mode transport aead 'rfc4106(gcm(aes))' 0x0102030405060708091011121314151617181920 64 2>/dev/null; then
+    answer=yes
+  fi
+  ip netns del "$ns" 2>/dev/null || true
+  echo "$answer" >"$STATE/encrypted-overlay"
+  if [ "$answer" = no ]; then
+    log "this kernel has no IPsec ESP with AES-GCM (xfrm): encrypted overlay networks carry no"
+    log "traffic between nodes here; deploy specs with \`network: {encrypted: false}\` on this bed"
+  fi
+}
+
 start_registry() {
   mkdir -p "$DATA/registry"
   local addr
@@ -265,6 +283,7 @@ cmd_up() {
   iptables -C DOCKER-USER -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null ||
     iptables -I DOCKER-USER -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
   local node
+  probe_encrypted_overlay
   for node in $(node_names); do create_node "$node"; done
   for node in $(node_names); do start_daemon "$node" & done
   wait
@@ -295,7 +314,7 @@ cmd_up() {
 # `--resolve-image never` run it on any node.
 cmd_image() {
   need_root
-  local tag=${1:?usage: image TAG [--method registry|load]} method=registry
+  local tag=${1:?usage: image TAG [--method load|registry]} method=load
   shift
   [ "${1:-}" = --method ] && method=${2:?--method needs registry or load}
   [ -f "$STATE/nodes" ] || die "no test bed is up: run \`$0 up\` first"
@@ -395,6 +414,7 @@ cmd_down() {
     iptables -D DOCKER-USER -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
   done
   ip link del "$BRIDGE" 2>/dev/null || true
+  ip netns del pgswtb-xfrm 2>/dev/null || true
   rm -rf "$STATE" "$DATA"
   log "test bed removed"
 }

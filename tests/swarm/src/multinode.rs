@@ -27,7 +27,6 @@ use crate::scenarios::{
     ensure_not_reinitialised, identities, replaced_and_healthy, BASELINE, DEPLOY_TIMEOUT,
     RECOVERY_TIMEOUT,
 };
-use crate::specs;
 use crate::testbed::{Node, Testbed};
 
 /// How long a node stays down, cut off or frozen after a new leader is elected: long enough
@@ -119,7 +118,7 @@ impl MultiNodeCluster {
     /// Deploys the cluster `name` with `image` on the bed and waits until it is ready; fails
     /// when the members or the etcd members do not end up on distinct nodes.
     pub async fn deploy(bed: Testbed, name: &str, image: &str) -> Result<MultiNodeCluster> {
-        let spec = specs::patroni(name, image, true)?;
+        let spec = bed.patroni_spec(name, image, true)?;
         let cluster = PatroniCluster::deploy(name, &spec, DEPLOY_TIMEOUT).await?;
         let mc = MultiNodeCluster {
             bed,
@@ -717,4 +716,52 @@ pub fn reset_hosts(bed: &Testbed) {
     for node in &bed.nodes {
         set_host_answers(&node.host, true);
     }
+}
+
+/// `swarm-bench --nodes N`: deploys the multi-node cluster on the bed (synchronous mode unless
+/// `asynchronous`) and runs each scenario of `names` `trials` times; one report entry per
+/// scenario. In asynchronous mode lost commits are reported, not treated as failures.
+pub async fn bench(
+    names: &[&str],
+    trials: usize,
+    asynchronous: bool,
+) -> Result<crate::report::BenchReport> {
+    let bed = Testbed::open()?;
+    let image = crate::image::ensure_image()?;
+    let name = crate::deployment::unique_name("bench");
+    let spec = bed.patroni_spec(&name, &image, !asynchronous)?;
+    let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
+    eprintln!(
+        "{} nodes: healthy cluster {:.1} s after docker stack deploy",
+        bed.nodes.len(),
+        cluster.ready_after.as_secs_f64()
+    );
+    let nodes = bed.nodes.len();
+    let mut mc = MultiNodeCluster {
+        bed,
+        cluster,
+        table_counter: 0,
+    };
+    mc.ensure_spread().await?;
+    let mut results: Vec<(&str, Vec<NodeScenarioReport>)> =
+        names.iter().map(|n| (*n, Vec::new())).collect();
+    for t in 0..trials {
+        for (scenario, reports) in &mut results {
+            let report = mc.run(scenario).await?;
+            eprintln!("trial {}: {report}", t + 1);
+            reports.push(report);
+        }
+    }
+    let entry = |name: &str, reports: &[NodeScenarioReport]| crate::report::ScenarioReport {
+        name: name.to_string(),
+        trials: reports.len(),
+        gap_s: crate::report::Stats::of(reports.iter().map(|r| r.gap().as_secs_f64())),
+        errors: crate::report::Stats::of(reports.iter().map(|r| r.errors() as f64)),
+        lost: reports.iter().map(|r| r.lost).sum(),
+        acked_after_cut: reports.iter().map(|r| r.acked_after_cut).sum(),
+    };
+    Ok(crate::report::BenchReport {
+        nodes,
+        scenarios: results.iter().map(|(n, r)| entry(n, r)).collect(),
+    })
 }

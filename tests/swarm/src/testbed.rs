@@ -36,6 +36,9 @@ pub struct Node {
 #[derive(Debug, Clone)]
 pub struct Testbed {
     pub nodes: Vec<Node>,
+    /// Whether the kernel carries encrypted overlay networks between nodes (IPsec ESP with
+    /// AES-GCM); `scripts/testbed.sh up` finds out.
+    pub encrypted_overlay: bool,
 }
 
 impl Testbed {
@@ -64,7 +67,15 @@ impl Testbed {
         if nodes.is_empty() {
             bail!("{} lists no node", list.display());
         }
-        Ok(Testbed { nodes })
+        let encrypted_overlay = std::fs::read_to_string(
+            PathBuf::from(STATE_DIR).join("encrypted-overlay"),
+        )
+        .map(|s| s.trim() == "yes")
+        .unwrap_or(false);
+        Ok(Testbed {
+            nodes,
+            encrypted_overlay,
+        })
     }
 
     /// Reads the bed and points the suite (and the `swarmctl` it runs) at it.
@@ -79,6 +90,20 @@ impl Testbed {
         pg::set_default_hosts(bed.nodes.iter().map(|n| n.address.clone()).collect());
         info!(nodes = bed.nodes.len(), manager = %manager.host, "using the multi-node test bed");
         Ok(bed)
+    }
+
+    /// The cluster spec of the multi-node scenarios: `specs::patroni`, with the overlay
+    /// network unencrypted when this kernel cannot carry encrypted overlays between nodes.
+    pub fn patroni_spec(&self, name: &str, image: &str, synchronous: bool) -> Result<String> {
+        let mut spec = crate::specs::patroni(name, image, synchronous)?;
+        if !self.encrypted_overlay {
+            tracing::warn!(
+                "this kernel has no IPsec ESP with AES-GCM: the overlay network of the test \
+                 cluster is not encrypted"
+            );
+            spec.push_str("network:\n  encrypted: false\n");
+        }
+        Ok(spec)
     }
 
     /// The node whose engine runs container `id` (found before through the deployment).
