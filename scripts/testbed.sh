@@ -423,7 +423,11 @@ cmd_poweroff() {
   need_root
   valid_node "$1"
   kill_node_processes "$1"
+  # Like a real power-off, the node loses its run-time state (/run is a tmpfs): stale pid
+  # files would make the next dockerd wait for a containerd whose pid now belongs to another
+  # process.
   umount_under "$STATE/$1/exec"
+  rm -rf "${STATE:?}/$1/exec" "$STATE/$1/docker.pid"
   log "$1 powered off (every process SIGKILLed)"
 }
 
