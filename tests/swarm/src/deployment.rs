@@ -274,7 +274,13 @@ impl Deployment {
     fn node_label_keys(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
         for node in lines(&docker(&["node", "ls", "-q"])?) {
-            let json = docker(&["node", "inspect", "--format", "{{json .Spec.Labels}}", &node])?;
+            let json = docker(&[
+                "node",
+                "inspect",
+                "--format",
+                "{{json .Spec.Labels}}",
+                &node,
+            ])?;
             let labels: BTreeMap<String, String> =
                 serde_json::from_str(json.trim()).unwrap_or_default();
             out.extend(labels.into_keys().map(|k| (node.clone(), k)));

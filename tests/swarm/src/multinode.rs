@@ -34,7 +34,13 @@ use crate::testbed::{Node, Testbed};
 const OUTAGE_AFTER_FAILOVER: Duration = Duration::from_secs(20);
 
 /// The names of the multi-node scenarios, as `swarm-bench --scenario` takes them.
-pub const SCENARIOS: [&str; 5] = ["node-loss", "partition", "freeze", "drain", "router-node-loss"];
+pub const SCENARIOS: [&str; 5] = [
+    "node-loss",
+    "partition",
+    "freeze",
+    "drain",
+    "router-node-loss",
+];
 
 /// What one multi-node scenario saw.
 #[derive(Debug, Clone, Default)]
@@ -245,8 +251,13 @@ impl MultiNodeCluster {
                 }
             }
         };
-        self.disrupt_leader("drain", &table, availability("drain"), availability("active"))
-            .await
+        self.disrupt_leader(
+            "drain",
+            &table,
+            availability("drain"),
+            availability("active"),
+        )
+        .await
     }
 
     /// Takes the leader's node out with `down`, waits for a new leader and for Swarm to notice,
@@ -466,7 +477,9 @@ impl MultiNodeCluster {
             wait_until(
                 "writes acknowledged again through the router and the pooler",
                 RECOVERY_TIMEOUT,
-                || async { Ok(probes.router_acked_since(at).await && probes.pooler_acked_since(at).await) },
+                || async {
+                    Ok(probes.router_acked_since(at).await && probes.pooler_acked_since(at).await)
+                },
             )
             .await?;
             Ok::<_, anyhow::Error>(())
@@ -586,7 +599,10 @@ fn ensure_nothing_lost(
             &missing[..missing.len().min(10)]
         );
     } else if !missing.is_empty() {
-        warn!(lost = missing.len(), "asynchronous mode: acknowledged commits lost");
+        warn!(
+            lost = missing.len(),
+            "asynchronous mode: acknowledged commits lost"
+        );
     }
     Ok(())
 }

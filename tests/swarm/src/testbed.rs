@@ -67,11 +67,10 @@ impl Testbed {
         if nodes.is_empty() {
             bail!("{} lists no node", list.display());
         }
-        let encrypted_overlay = std::fs::read_to_string(
-            PathBuf::from(STATE_DIR).join("encrypted-overlay"),
-        )
-        .map(|s| s.trim() == "yes")
-        .unwrap_or(false);
+        let encrypted_overlay =
+            std::fs::read_to_string(PathBuf::from(STATE_DIR).join("encrypted-overlay"))
+                .map(|s| s.trim() == "yes")
+                .unwrap_or(false);
         Ok(Testbed {
             nodes,
             encrypted_overlay,
@@ -138,14 +137,8 @@ impl Testbed {
 
     /// The swarm node id of `node` (asked of the current manager).
     pub async fn node_id(&self, node: &Node) -> Result<String> {
-        let out = docker_async(&[
-            "-H",
-            &node.host,
-            "info",
-            "--format",
-            "{{.Swarm.NodeID}}",
-        ])
-        .await?;
+        let out =
+            docker_async(&["-H", &node.host, "info", "--format", "{{.Swarm.NodeID}}"]).await?;
         Ok(out.trim().to_string())
     }
 
