@@ -4,9 +4,10 @@
 #
 #   scripts/testbed.sh up [N] [--workers K]   N nodes (default 3): all managers, or with
 #                                             --workers K the first N-K managers and K workers
-#   scripts/testbed.sh image TAG [--method registry|load]
-#                                             puts the image TAG on every node (default: a local
-#                                             registry on the bridge; `load` = docker save|load)
+#   scripts/testbed.sh image TAG [--method load|registry]
+#                                             puts the image TAG on every node (default: docker
+#                                             save | docker load, faster here; `registry`: Debian's
+#                                             docker-registry on the bridge, nodes pull in parallel)
 #   scripts/testbed.sh status                 nodes, daemons, swarm
 #   scripts/testbed.sh env                    `export DOCKER_HOST=...` for the first manager
 #   scripts/testbed.sh socket NODE            the Docker socket of NODE (tbn1, tbn2, ...)
@@ -54,7 +55,6 @@ install_deps() {
   command -v nsenter >/dev/null || missing+=(util-linux)
   command -v iptables >/dev/null || missing+=(iptables)
   command -v dockerd >/dev/null || missing+=(docker.io)
-  command -v docker-registry >/dev/null || missing+=(docker-registry)
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]} (apt-get)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null ||
@@ -221,6 +221,10 @@ probe_encrypted_overlay() {
 }
 
 start_registry() {
+  if ! command -v docker-registry >/dev/null; then
+    log "installing docker-registry (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-registry >/dev/null
+  fi
   mkdir -p "$DATA/registry"
   local addr
   for addr in "$NET.1" 127.0.0.1; do
@@ -288,7 +292,6 @@ cmd_up() {
   for node in $(node_names); do start_daemon "$node" & done
   wait
   for node in $(node_names); do dk_answers "$node" || die "dockerd of $node is not running"; done
-  start_registry
 
   local first=tbn1 managers=$((n - workers))
   if [ "$(dk "$first" info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
