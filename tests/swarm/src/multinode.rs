@@ -736,12 +736,14 @@ pub fn reset_hosts(bed: &Testbed) {
 
 /// `swarm-bench --nodes N`: deploys the multi-node cluster on the bed (synchronous mode unless
 /// `asynchronous`) and runs each scenario of `names` `trials` times; one report entry per
-/// scenario. In asynchronous mode lost commits are reported, not treated as failures.
+/// scenario, over the trials that completed, and the failed trials with their errors (a
+/// failed trial does not stop the others). In asynchronous mode lost commits are reported,
+/// not treated as failures.
 pub async fn bench(
     names: &[&str],
     trials: usize,
     asynchronous: bool,
-) -> Result<crate::report::BenchReport> {
+) -> Result<(crate::report::BenchReport, Vec<String>)> {
     let bed = Testbed::open()?;
     let image = crate::image::ensure_image()?;
     let name = crate::deployment::unique_name("bench");
@@ -761,11 +763,20 @@ pub async fn bench(
     mc.ensure_spread().await?;
     let mut results: Vec<(&str, Vec<NodeScenarioReport>)> =
         names.iter().map(|n| (*n, Vec::new())).collect();
+    let mut failures = Vec::new();
     for t in 0..trials {
         for (scenario, reports) in &mut results {
-            let report = mc.run(scenario).await?;
-            eprintln!("trial {}: {report}", t + 1);
-            reports.push(report);
+            match mc.run(scenario).await {
+                Ok(report) => {
+                    eprintln!("trial {}: {report}", t + 1);
+                    reports.push(report);
+                }
+                Err(e) => {
+                    eprintln!("trial {}: {scenario} FAILED: {e:#}", t + 1);
+                    failures.push(format!("trial {} of {scenario}: {e:#}", t + 1));
+                    reset_hosts(&mc.bed);
+                }
+            }
         }
     }
     let entry = |name: &str, reports: &[NodeScenarioReport]| crate::report::ScenarioReport {
@@ -776,8 +787,11 @@ pub async fn bench(
         lost: reports.iter().map(|r| r.lost).sum(),
         acked_after_cut: reports.iter().map(|r| r.acked_after_cut).sum(),
     };
-    Ok(crate::report::BenchReport {
-        nodes,
-        scenarios: results.iter().map(|(n, r)| entry(n, r)).collect(),
-    })
+    Ok((
+        crate::report::BenchReport {
+            nodes,
+            scenarios: results.iter().map(|(n, r)| entry(n, r)).collect(),
+        },
+        failures,
+    ))
 }

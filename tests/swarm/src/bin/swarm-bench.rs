@@ -96,7 +96,7 @@ struct Args {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let report = if args.nodes > 1 {
+    let (report, failures) = if args.nodes > 1 {
         measure_multinode(&args).await?
     } else {
         if let Some(s) = args.scenarios.iter().find(|s| s.multinode()) {
@@ -109,17 +109,24 @@ async fn run(args: Args) -> Result<()> {
         let swarm = Swarm::ensure()?;
         let result = measure(&args).await;
         swarm.leave_if_created()?;
-        result?
+        (result?, Vec::new())
     };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string(&report)?),
         Output::Text => println!("{report}"),
     }
+    if !failures.is_empty() {
+        bail!(
+            "{} trial(s) failed (the report covers the others):\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
     Ok(())
 }
 
 /// The multi-node scenarios on the test bed (`--nodes N`, N > 1).
-async fn measure_multinode(args: &Args) -> Result<BenchReport> {
+async fn measure_multinode(args: &Args) -> Result<(BenchReport, Vec<String>)> {
     let bed = pgswarm_swarm_tests::testbed::Testbed::read()?;
     if bed.nodes.len() != args.nodes {
         bail!(
