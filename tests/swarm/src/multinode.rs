@@ -307,15 +307,15 @@ impl MultiNodeCluster {
         wait_rejoined(cluster, &old_leader, &old_container).await?;
         cluster.wait_ready(RECOVERY_TIMEOUT).await?;
         let settled_after = at.elapsed();
-        let (router, pooler, missing) = probes.finish(cluster, table).await?;
+        let (router, pooler, missing, stopped) = probes.finish(cluster, table).await?;
         ensure_not_reinitialised(cluster, &before).await?;
         let report = NodeScenarioReport {
             name: name.to_string(),
             node: node.name.clone(),
             old_leader,
             new_leader,
-            gap_router: router.gap_after(at),
-            gap_pooler: pooler.gap_after(at),
+            gap_router: gap_until_stop(&router, at, stopped),
+            gap_pooler: gap_until_stop(&pooler, at, stopped),
             errors_router: router.errors_after(at),
             errors_pooler: pooler.errors_after(at),
             acknowledged: router.acks.len() + pooler.acks.len(),
@@ -384,7 +384,7 @@ impl MultiNodeCluster {
         wait_rejoined(cluster, &old_leader, &old_container).await?;
         cluster.wait_ready(RECOVERY_TIMEOUT).await?;
         let settled_after = at.elapsed();
-        let (router, pooler, mut missing) = probes.finish(cluster, &table).await?;
+        let (router, pooler, mut missing, stopped) = probes.finish(cluster, &table).await?;
         // Every commit the cut-off primary acknowledged must have survived.
         let client = cluster.rw.connect(Duration::from_secs(60)).await?;
         let direct_missing = direct_log.missing(&client, &direct_table).await?;
@@ -397,8 +397,8 @@ impl MultiNodeCluster {
             node: node.name.clone(),
             old_leader,
             new_leader,
-            gap_router: router.gap_after(at),
-            gap_pooler: pooler.gap_after(at),
+            gap_router: gap_until_stop(&router, at, stopped),
+            gap_pooler: gap_until_stop(&pooler, at, stopped),
             errors_router: router.errors_after(at),
             errors_pooler: pooler.errors_after(at),
             acknowledged: router.acks.len() + pooler.acks.len(),
@@ -494,15 +494,15 @@ impl MultiNodeCluster {
         cluster.wait_ready(RECOVERY_TIMEOUT).await?;
         let settled_after = at.elapsed();
         let new_leader = cluster.leader().await?;
-        let (router, pooler, missing) = probes.finish(cluster, &table).await?;
+        let (router, pooler, missing, stopped) = probes.finish(cluster, &table).await?;
         ensure_not_reinitialised(cluster, &before).await?;
         let report = NodeScenarioReport {
             name: "router-node-loss".into(),
             node: node.name.clone(),
             old_leader,
             new_leader,
-            gap_router: router.gap_after(at),
-            gap_pooler: pooler.gap_after(at),
+            gap_router: gap_until_stop(&router, at, stopped),
+            gap_pooler: gap_until_stop(&pooler, at, stopped),
             errors_router: router.errors_after(at),
             errors_pooler: pooler.errors_after(at),
             acknowledged: router.acks.len() + pooler.acks.len(),
@@ -585,6 +585,13 @@ async fn wait_rejoined(cluster: &PatroniCluster, key: &str, old_container: &str)
     Ok(())
 }
 
+/// The longest time without an acknowledged commit after `at`, counting the time from the last
+/// acknowledgement to `stopped` (a client that never got through again).
+fn gap_until_stop(log: &ProbeLog, at: Instant, stopped: Instant) -> Duration {
+    let last = log.acks.last().map(|a| a.at).unwrap_or(at).max(at);
+    log.gap_after(at).max(stopped.saturating_duration_since(last))
+}
+
 fn ensure_nothing_lost(
     cluster: &PatroniCluster,
     missing: &[i64],
@@ -628,19 +635,21 @@ impl Probes {
         self.pooler.last_ack().await.is_some_and(|t| t > at)
     }
 
-    /// Stops both and returns their logs and the acknowledged ids missing on the leader.
+    /// Stops both and returns their logs, the acknowledged ids missing on the leader, and
+    /// when they were stopped.
     async fn finish(
         self,
         cluster: &PatroniCluster,
         table: &str,
-    ) -> Result<(ProbeLog, ProbeLog, Vec<i64>)> {
+    ) -> Result<(ProbeLog, ProbeLog, Vec<i64>, Instant)> {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let stopped = Instant::now();
         let router = self.router.stop().await;
         let pooler = self.pooler.stop().await;
         let client = cluster.rw.connect(Duration::from_secs(60)).await?;
         let mut missing = router.missing(&client, &format!("{table}_router")).await?;
         missing.extend(pooler.missing(&client, &format!("{table}_pooler")).await?);
-        Ok((router, pooler, missing))
+        Ok((router, pooler, missing, stopped))
     }
 }
 
