@@ -10,14 +10,5 @@ pub mod render;
 pub mod spec;
 pub mod swarm;
 
-/// TCP keepalive timing used on every service (kernel sysctls) and in PostgreSQL's own
-/// `tcp_keepalives_*` defaults. A dead peer is noticed after `IDLE + INTERVAL * COUNT` seconds
-/// (390 s), and an idle connection sends a probe long before Swarm's IPVS drops it at 900 s.
-pub mod keepalive {
-    /// Seconds of idleness before the first probe.
-    pub const IDLE_SECS: u32 = 300;
-    /// Seconds between probes.
-    pub const INTERVAL_SECS: u32 = 30;
-    /// Unanswered probes before the connection is dropped.
-    pub const COUNT: u32 = 3;
-}
+/// TCP keepalive timing: the contract's (the sidecar uses the same values).
+pub use pgswarm_contract::rules::keepalive;

@@ -139,12 +139,14 @@ impl TestCluster {
         }
     }
 
-    /// `swarmctl ARGS -f SPEC`.
+    /// `swarmctl ARGS -f SPEC` (`-f SPEC` before a `--`, whose rest belongs to psql).
     fn run(&self, args: &[&str]) -> Output {
+        let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
         swarmctl()
-            .args(args)
+            .args(&args[..split])
             .arg("-f")
             .arg(&self.spec)
+            .args(&args[split..])
             .output()
             .expect("swarmctl runs")
     }
@@ -503,6 +505,45 @@ fn up_then_down_leaves_no_service_behind() {
     assert!(progress.contains("committed (on server"), "{progress}");
     let status = c.status_json();
     assert_eq!(leaders(&status).len(), 1, "{status:#}");
+
+    // psql on the leader and on a replica, from inside the cluster: no password on this side.
+    let (out, _) = c.run_ok(&["psql", "--", "-At", "-c", "select 1, pg_is_in_recovery()"]);
+    assert_eq!(out.trim(), "1|f", "psql on the leader");
+    let (out, _) = c.run_ok(&[
+        "psql",
+        "--replica",
+        "--",
+        "-At",
+        "-c",
+        "select pg_is_in_recovery()",
+    ]);
+    assert_eq!(out.trim(), "t", "psql on a replica");
+    let failed = c.run(&["psql", "--", "-c", "select no_such_column"]);
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "psql's own exit code comes back"
+    );
+    let (logs, _) = c.run_ok(&["logs", "pg1", "--tail", "5"]);
+    assert!(logs.contains(&format!("{name}_pg1")), "{logs}");
+
+    // status --watch: one JSON object per line, again and again, until stopped.
+    let mut watch = swarmctl()
+        .args(["status", "--watch", "1", "--output", "json", "-f"])
+        .arg(&c.spec)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("swarmctl status --watch runs");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        watch.stdout.take().expect("stdout"),
+    ));
+    for _ in 0..2 {
+        let line = lines.next().expect("a status line").expect("readable");
+        let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
+        assert_eq!(leaders(&v).len(), 1, "{v:#}");
+    }
+    watch.kill().expect("stops");
+    let _ = watch.wait();
 
     let (stdout, _) = c.run_ok(&["down", "--volumes", "--secrets"]);
     assert!(stdout.contains("8 service(s)"), "{stdout}");

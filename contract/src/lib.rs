@@ -8,6 +8,8 @@
 //! Secrets never travel through this contract: only the *paths* of secret files do
 //! (`PGSWARM_*_FILE`, defaulting to `/run/secrets/<name>`).
 
+pub mod rules;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -447,6 +449,22 @@ impl Common {
     /// PostgreSQL's data directory.
     pub fn pgdata(&self) -> String {
         format!("{}/{}", self.data_root, defaults::PGDATA_SUBDIR)
+    }
+
+    /// Where the sidecar renders patroni.yml (`patronictl -c` takes it too).
+    pub fn patroni_config_path(&self) -> String {
+        format!("{}/patroni.yml", self.run_dir)
+    }
+
+    /// Where Patroni keeps its password file.
+    pub fn patroni_pgpass_path(&self) -> String {
+        format!("{}/pgpass", self.run_dir)
+    }
+
+    /// The directory of PostgreSQL's Unix socket (`psql -h` takes it): the run directory, one
+    /// per member, never shared with another server on the same host.
+    pub fn socket_dir(&self) -> &str {
+        &self.run_dir
     }
 }
 

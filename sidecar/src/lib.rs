@@ -41,12 +41,27 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
         e.is::<ConfigError>()
             || e.is::<pgswarm_contract::ContractError>()
             || e.is::<secrets::SecretError>()
+            || e.is::<patroni::PatroniConfigError>()
     });
     if config {
         EXIT_CONFIG
     } else {
         EXIT_FAILURE
     }
+}
+
+/// The contract's role-name rules (the same `swarmctl validate` applies), as a configuration
+/// error naming the variables.
+pub fn check_role_names(common: &pgswarm_contract::Common) -> Result<(), ConfigError> {
+    pgswarm_contract::rules::check_role_names(&common.superuser, &common.replication_user).map_err(
+        |e| {
+            ConfigError(format!(
+                "{} / {}: {e}",
+                pgswarm_contract::env::SUPERUSER,
+                pgswarm_contract::env::REPLICATION_USER
+            ))
+        },
+    )
 }
 
 /// Runs this member's mode to its end; returns the child's exit code.

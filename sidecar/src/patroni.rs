@@ -17,6 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
+use pgswarm_contract::rules::{self, keepalive, ParameterError, TimingError, TimingField};
 use pgswarm_contract::{
     env, Citus, Common, Endpoint, MemberEnv, Postgres, Role, Secret, SynchronousMode,
 };
@@ -26,13 +27,6 @@ use tracing::{info, warn};
 use crate::secrets::Secrets;
 use crate::supervise::{self, ChildSpec};
 use crate::{http, postgres, templates, ConfigError};
-
-/// Patroni's lower bound for the leader lock TTL, seconds.
-pub const MIN_TTL: u32 = 20;
-/// Patroni's lower bound for `loop_wait`, seconds.
-pub const MIN_LOOP_WAIT: u32 = 1;
-/// Patroni's lower bound for `retry_timeout`, seconds.
-pub const MIN_RETRY_TIMEOUT: u32 = 3;
 
 /// PostgreSQL parameters Patroni takes only from the cluster-wide (DCS) configuration: they
 /// must be equal on every member, and a value in the local section is ignored. A contract
@@ -53,44 +47,14 @@ pub const DCS_ONLY_PARAMETERS: &[&str] = &[
     "hot_standby",
 ];
 
-/// Parameters Patroni sets itself from other settings; a contract value would be overwritten
-/// or would contradict the rendered addresses.
-pub const PATRONI_OWNED_PARAMETERS: &[&str] = &["listen_addresses", "port", "cluster_name"];
-
 /// An error turning the contract into a Patroni configuration.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatroniConfigError {
-    #[error(
-        "{var}={ttl} is below Patroni's minimum leader lock TTL of {MIN_TTL} seconds \
-         (Patroni would refuse it); set {var} to {MIN_TTL} or more",
-        var = env::TTL
-    )]
-    TtlTooShort { ttl: u32 },
-    #[error(
-        "{var}={loop_wait} is below Patroni's minimum of {MIN_LOOP_WAIT} second; \
-         set {var} to {MIN_LOOP_WAIT} or more",
-        var = env::LOOP_WAIT
-    )]
-    LoopWaitTooShort { loop_wait: u32 },
-    #[error(
-        "{var}={retry_timeout} is below Patroni's minimum of {MIN_RETRY_TIMEOUT} seconds; \
-         set {var} to {MIN_RETRY_TIMEOUT} or more",
-        var = env::RETRY_TIMEOUT
-    )]
-    RetryTimeoutTooShort { retry_timeout: u32 },
-    #[error(
-        "Patroni needs loop_wait + 2 x retry_timeout <= ttl, got {loop_wait} + 2 x \
-         {retry_timeout} = {needed} > {ttl}: raise {ttl_var} to {needed} or more, or lower \
-         {loop_var} / {retry_var}",
-        ttl_var = env::TTL,
-        loop_var = env::LOOP_WAIT,
-        retry_var = env::RETRY_TIMEOUT
-    )]
-    TimingRule {
-        ttl: u32,
-        loop_wait: u32,
-        retry_timeout: u32,
-        needed: u32,
+    /// A timing Patroni would refuse (the rule is the contract's, shared with `swarmctl`).
+    #[error("{var}: {source}", var = timing_var(source.field()))]
+    Timing {
+        #[from]
+        source: TimingError,
     },
     #[error(
         "{var}=quorum needs Patroni 4.0 or newer, but this is Patroni {found} (it would read \
@@ -99,12 +63,12 @@ pub enum PatroniConfigError {
         var = env::SYNCHRONOUS_MODE
     )]
     QuorumUnsupported { found: PatroniVersion },
-    #[error(
-        "PostgreSQL parameter {name:?} is set by Patroni itself from the member's addresses \
-         and cluster name; remove it from {var}",
-        var = env::PG_PARAMETERS
-    )]
-    OwnedParameter { name: String },
+    /// A PostgreSQL parameter pgswarm manages (the contract's rule, shared with `swarmctl`).
+    #[error("{var}: {source}", var = env::PG_PARAMETERS)]
+    Parameter {
+        #[from]
+        source: ParameterError,
+    },
 }
 
 /// Patroni's timing settings, validated against Patroni's rules.
@@ -116,33 +80,25 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// Checks Patroni's rules: ttl >= 20, loop_wait >= 1, retry_timeout >= 3 and
-    /// loop_wait + 2 x retry_timeout <= ttl. Patroni 4 silently lowers loop_wait and
-    /// retry_timeout when the last rule is broken; we would rather say so.
+    /// Checks the contract's timing rules (Patroni's: ttl >= 20, loop_wait >= 1,
+    /// retry_timeout >= 3, loop_wait + 2 x retry_timeout <= ttl). Patroni 4 silently lowers
+    /// loop_wait and retry_timeout when the last rule is broken; we would rather say so.
     pub fn new(ttl: u32, loop_wait: u32, retry_timeout: u32) -> Result<Self, PatroniConfigError> {
-        if ttl < MIN_TTL {
-            return Err(PatroniConfigError::TtlTooShort { ttl });
-        }
-        if loop_wait < MIN_LOOP_WAIT {
-            return Err(PatroniConfigError::LoopWaitTooShort { loop_wait });
-        }
-        if retry_timeout < MIN_RETRY_TIMEOUT {
-            return Err(PatroniConfigError::RetryTimeoutTooShort { retry_timeout });
-        }
-        let needed = loop_wait.saturating_add(retry_timeout.saturating_mul(2));
-        if needed > ttl {
-            return Err(PatroniConfigError::TimingRule {
-                ttl,
-                loop_wait,
-                retry_timeout,
-                needed,
-            });
-        }
+        rules::check_timing(ttl, loop_wait, retry_timeout)?;
         Ok(Timing {
             ttl,
             loop_wait,
             retry_timeout,
         })
+    }
+}
+
+/// The variable that sets a timing.
+fn timing_var(field: TimingField) -> &'static str {
+    match field {
+        TimingField::Ttl | TimingField::Together => env::TTL,
+        TimingField::LoopWait => env::LOOP_WAIT,
+        TimingField::RetryTimeout => env::RETRY_TIMEOUT,
     }
 }
 
@@ -385,14 +341,14 @@ pub struct Watchdog {
     pub mode: String,
 }
 
-/// Where patroni.yml goes inside the run directory.
+/// Where patroni.yml goes inside the run directory (the contract's path).
 pub fn config_path(common: &Common) -> String {
-    format!("{}/patroni.yml", common.run_dir)
+    common.patroni_config_path()
 }
 
 /// Where Patroni keeps its password file.
 pub fn pgpass_path(common: &Common) -> String {
-    format!("{}/pgpass", common.run_dir)
+    common.patroni_pgpass_path()
 }
 
 /// The host other members reach this one by: the explicit connect host, else the member
@@ -434,15 +390,7 @@ pub fn render(
         }
     }
     let pg = spec.postgres;
-    if let Some(owned) = pg
-        .parameters
-        .keys()
-        .find(|k| PATRONI_OWNED_PARAMETERS.contains(&k.to_ascii_lowercase().as_str()))
-    {
-        return Err(PatroniConfigError::OwnedParameter {
-            name: owned.clone(),
-        });
-    }
+    rules::check_parameters(&pg.parameters, true)?;
     let connect = connect_host(common, pg);
 
     // Cluster-wide parameters: what replication, pg_rewind and failover need.
@@ -465,19 +413,22 @@ pub fn render(
         dcs_parameters.insert("wal_level".into(), "logical".into());
     }
     // Member-local parameters.
-    let mut local_parameters: BTreeMap<String, String> = [
-        ("password_encryption", "scram-sha-256"),
+    let mut local_parameters: BTreeMap<String, String> = [("password_encryption", "scram-sha-256")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         // Below Swarm's 900 s IPVS idle timeout, so idle sessions through a VIP survive.
-        ("tcp_keepalives_idle", "60"),
-        ("tcp_keepalives_interval", "10"),
-        ("tcp_keepalives_count", "6"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+        .chain(
+            keepalive::postgres_parameters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        )
+        .collect();
     // The socket goes into the run directory: one per member, never shared with another
     // server on the same host that happens to use the same port.
-    local_parameters.insert("unix_socket_directories".into(), common.run_dir.clone());
+    local_parameters.insert(
+        "unix_socket_directories".into(),
+        common.socket_dir().to_string(),
+    );
     for (name, value) in &pg.parameters {
         let lower = name.to_ascii_lowercase();
         if DCS_ONLY_PARAMETERS.contains(&lower.as_str()) {
@@ -669,15 +620,7 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
     // Rules that need nothing from the host first, so a bad value fails at once.
     Timing::new(spec.ttl, spec.loop_wait, spec.retry_timeout)
         .map_err(|e| ConfigError(e.to_string()))?;
-    if common.replication_user == common.superuser {
-        return Err(ConfigError(format!(
-            "{} and {} are both {:?}: the replication role must not be the superuser",
-            env::REPLICATION_USER,
-            env::SUPERUSER,
-            common.superuser
-        ))
-        .into());
-    }
+    crate::check_role_names(common)?;
     let bin_dir = postgres::find_bin_dir(spec.postgres.bin_dir.as_deref())?;
     let host = HostFacts {
         bin_dir: bin_dir.display().to_string(),
@@ -938,7 +881,7 @@ mod tests {
         let err = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("\"port\"") && text.contains(env::PG_PARAMETERS),
+            text.contains("`port`") && text.contains(env::PG_PARAMETERS),
             "{text}"
         );
     }
@@ -1036,22 +979,29 @@ mod tests {
     }
 
     #[test]
-    fn timing_follows_patronis_rules() {
+    fn timing_follows_the_contracts_rules() {
         assert!(Timing::new(20, 5, 5).is_ok());
         assert!(Timing::new(30, 10, 10).is_ok());
         let err = Timing::new(10, 5, 5).unwrap_err();
-        assert_eq!(err, PatroniConfigError::TtlTooShort { ttl: 10 });
-        assert!(err.to_string().contains("PGSWARM_TTL=10"), "{err}");
+        assert!(
+            err.to_string().starts_with("PGSWARM_TTL: ttl is 10"),
+            "{err}"
+        );
         let err = Timing::new(20, 10, 10).unwrap_err();
-        assert!(err.to_string().contains("30 > 20"), "{err}");
-        assert!(matches!(
-            Timing::new(20, 0, 5),
-            Err(PatroniConfigError::LoopWaitTooShort { .. })
-        ));
-        assert!(matches!(
-            Timing::new(20, 5, 2),
-            Err(PatroniConfigError::RetryTimeoutTooShort { .. })
-        ));
+        assert!(
+            err.to_string().contains("= 30 is more than ttl = 20"),
+            "{err}"
+        );
+        let err = Timing::new(20, 5, 2).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("PGSWARM_RETRY_TIMEOUT: retry_timeout is 2"),
+            "{err}"
+        );
+        assert!(Timing::new(20, 0, 5)
+            .unwrap_err()
+            .to_string()
+            .starts_with("PGSWARM_LOOP_WAIT"));
     }
 
     #[test]

@@ -256,7 +256,7 @@ impl Server {
 
     /// Where the server's Unix socket lives (the run directory, private to the service user).
     pub fn socket_dir(&self) -> PathBuf {
-        PathBuf::from(&self.common.run_dir)
+        PathBuf::from(self.common.socket_dir())
     }
 
     pub fn bin(&self, name: &str) -> PathBuf {
@@ -350,25 +350,19 @@ impl Server {
             ("max_replication_slots".into(), "10".into()),
             ("hot_standby".into(), "on".into()),
             ("password_encryption".into(), "scram-sha-256".into()),
-            // Below Swarm's 900 s IPVS idle timeout, so idle sessions survive the VIP.
-            ("tcp_keepalives_idle".into(), "60".into()),
-            ("tcp_keepalives_interval".into(), "10".into()),
-            ("tcp_keepalives_count".into(), "6".into()),
             ("cluster_name".into(), self.common.member.clone()),
         ];
+        // Below Swarm's 900 s IPVS idle timeout, so idle sessions survive the VIP.
+        out.extend(
+            pgswarm_contract::rules::keepalive::postgres_parameters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
         out.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        // The contract's rule, the same `swarmctl validate` applies.
+        pgswarm_contract::rules::check_parameters(&self.pg.parameters, false)
+            .map_err(|e| ConfigError(format!("{}: {e}", pgswarm_contract::env::PG_PARAMETERS)))?;
         for (name, value) in &self.pg.parameters {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-            {
-                return Err(ConfigError(format!(
-                    "{} names a parameter {name:?}, which is not a PostgreSQL setting name",
-                    pgswarm_contract::env::PG_PARAMETERS
-                ))
-                .into());
-            }
             out.push((name.clone(), value.clone()));
         }
         Ok(out
@@ -605,13 +599,18 @@ mod tests {
 
     #[test]
     fn contract_parameters_come_last_and_bad_names_are_refused() {
-        let s = server(&[("max_connections", "200"), ("port", "6000")], &[]);
+        let s = server(&[("max_connections", "200"), ("work_mem", "8MB")], &[]);
         let settings = s.settings(&[("primary_slot_name", "r1".into())]).unwrap();
         let names: Vec<_> = settings.iter().map(|s| s.name.as_str()).collect();
         let pos = |n: &str| names.iter().rposition(|x| *x == n).unwrap();
         assert!(pos("primary_slot_name") < pos("max_connections"));
-        assert!(pos("port") == names.len() - 1 || pos("port") > pos("primary_slot_name"));
+        assert!(pos("work_mem") > pos("primary_slot_name"));
         assert_eq!(settings[pos("max_connections")].value, "'200'");
+        // Parameters pgswarm manages are refused with the contract's rule, as swarmctl does.
+        for managed in ["port", "cluster_name"] {
+            let err = server(&[(managed, "x")], &[]).settings(&[]).unwrap_err();
+            assert!(err.to_string().contains("managed by pgswarm"), "{err}");
+        }
         let bad = server(&[("evil = 1\nx", "1")], &[]);
         let err = bad.settings(&[]).unwrap_err().to_string();
         assert!(err.contains("PGSWARM_PG_PARAMETERS"), "{err}");

@@ -42,15 +42,7 @@ pub async fn run(
     templates: Templates,
 ) -> anyhow::Result<i32> {
     let server = Server::new(member, templates)?;
-    if member.common.replication_user == member.common.superuser {
-        return Err(ConfigError(format!(
-            "{} and {} are both {:?}: the replication role must not be the superuser",
-            env::REPLICATION_USER,
-            env::SUPERUSER,
-            member.common.superuser
-        ))
-        .into());
-    }
+    crate::check_role_names(&member.common)?;
     match &member.role {
         Role::Primary {
             replica_slots,
@@ -367,7 +359,10 @@ fn primary_conninfo(server: &Server, primary: &Endpoint, passfile: &Path) -> Str
         ("user", server.common.replication_user.clone()),
         ("passfile", passfile.display().to_string()),
         ("application_name", server.common.member.clone()),
-        ("keepalives_idle", "60".into()),
+        (
+            "keepalives_idle",
+            pgswarm_contract::rules::keepalive::IDLE_SECS.to_string(),
+        ),
     ]
     .iter()
     .map(|(k, v)| format!("{k}={}", conninfo_quote(v)))

@@ -20,8 +20,8 @@ use crate::spec::{Cluster, Service, ServiceKind, Topology};
 
 use super::constraints::unplaceable;
 use super::engine::is_status;
+use super::observe::{db_view, docker_view, DbView, ServiceView};
 use super::progress::Progress;
-use super::status::{db_view, docker_view, DbView, ServiceView};
 use super::{nodes, secrets, Engine, OpsError, STACK_NAMESPACE_LABEL};
 
 /// Log lines shown for a stuck member.

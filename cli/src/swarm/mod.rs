@@ -15,6 +15,7 @@ pub mod engine;
 pub mod exec;
 pub mod labels;
 pub mod nodes;
+pub mod observe;
 pub mod progress;
 pub mod secrets;
 pub mod status;
@@ -29,12 +30,7 @@ pub const STACK_NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 pub const SERVICE_NAME_LABEL: &str = "com.docker.swarm.service.name";
 
 /// Ports the nodes of a swarm need open between them: (port, protocol, what for).
-pub const SWARM_PORTS: [(u16, &str, &str); 4] = [
-    (2377, "tcp", "cluster management (to managers)"),
-    (7946, "tcp", "node communication"),
-    (7946, "udp", "node communication"),
-    (4789, "udp", "overlay network traffic (VXLAN)"),
-];
+pub use pgswarm_contract::rules::SWARM_RESERVED_PORTS as SWARM_PORTS;
 
 /// The Swarm service name of stack service `member` of `cluster` (`<stack>_<member>`).
 pub fn service_name(cluster: &str, member: &str) -> String {

@@ -172,7 +172,7 @@ pub async fn up(
     let nodes = nodes::list(engine).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let server = loop {
-        let views = super::status::docker_view(engine, cluster, &nodes).await?;
+        let views = super::observe::docker_view(engine, cluster, &nodes).await?;
         match switchover::write_check(engine, cluster, &views, &host, port).await {
             Ok(server) => break server,
             Err(e) if std::time::Instant::now() >= deadline => {

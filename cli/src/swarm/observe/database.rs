@@ -1,0 +1,236 @@
+//! The database's view of a cluster: Patroni's (`patronictl list` run inside a member
+//! container) or, for the replication topology, each member's own answer over its local socket.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context};
+use pgswarm_contract::{defaults, Role};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::spec::{Cluster, Service, Topology};
+
+use crate::swarm::exec::exec;
+use crate::swarm::Engine;
+
+use super::ServiceView;
+
+/// The database's view of one data member.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DbView {
+    /// `leader`, `sync standby`, `quorum standby`, `replica`, `standby leader` (Patroni), or
+    /// `primary` / `replica` (replication topology).
+    pub role: String,
+    /// `running`, `streaming`, `starting`, `stopped`, ...
+    pub state: String,
+    pub timeline: Option<u64>,
+    /// Replication lag in MB, as Patroni reports it (replicas only).
+    pub lag_mb: Option<f64>,
+    /// Citus group.
+    pub group: Option<u32>,
+}
+
+/// Where the sidecar renders patroni.yml inside a member (the contract's run directory).
+pub fn patroni_yml(service: &Service) -> String {
+    format!("{}/patroni.yml", service.env.common.run_dir)
+}
+
+/// Parses `patronictl list -f json` (Patroni 3 and 4).
+pub fn parse_patronictl(json: &str) -> anyhow::Result<BTreeMap<String, DbView>> {
+    let rows: Vec<Value> = serde_json::from_str(json.trim())
+        .with_context(|| format!("patronictl list -f json printed no JSON list: {json}"))?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let member = row
+            .get("Member")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("a patronictl row has no Member: {row}"))?;
+        let text = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let lag = row
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, _)| k.contains("Lag")).map(|(_, v)| v))
+            .and_then(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            });
+        out.insert(
+            member.to_string(),
+            DbView {
+                role: text("Role").to_lowercase(),
+                state: text("State"),
+                timeline: row.get("TL").and_then(Value::as_u64),
+                lag_mb: lag,
+                group: row
+                    .get("Group")
+                    .and_then(Value::as_u64)
+                    .and_then(|g| u32::try_from(g).ok()),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Patroni's view, from the first local running data member that answers.
+pub async fn patroni_view(
+    engine: &Engine,
+    cluster: &Cluster,
+    views: &[ServiceView],
+) -> anyhow::Result<BTreeMap<String, DbView>> {
+    let mut last = anyhow!(
+        "no member of {} runs on this node, so Patroni cannot be asked from here; run swarmctl \
+         on a node that runs one",
+        cluster.name
+    );
+    for service in cluster.data_members() {
+        let Some(container) = views
+            .iter()
+            .find(|v| v.member == service.name)
+            .and_then(|v| v.container.clone())
+        else {
+            continue;
+        };
+        let yml = patroni_yml(service);
+        match exec(
+            engine,
+            &container,
+            &["patronictl", "-c", &yml, "list", "-f", "json"],
+        )
+        .await
+        .and_then(|o| o.into_stdout("patronictl list"))
+        {
+            Ok(out) => return parse_patronictl(&out),
+            Err(e) => last = e.context(format!("asking Patroni in {}", service.name)),
+        }
+    }
+    Err(last)
+}
+
+/// The replication topology's view: each local member answers for itself over its socket.
+pub async fn replication_view(
+    engine: &Engine,
+    cluster: &Cluster,
+    views: &[ServiceView],
+) -> anyhow::Result<BTreeMap<String, DbView>> {
+    const SQL: &str = "SELECT pg_is_in_recovery(), (pg_control_checkpoint()).timeline_id, \
+        coalesce((SELECT status FROM pg_stat_wal_receiver), ''), \
+        CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0')::text \
+        ELSE pg_current_wal_lsn()::text END";
+    let mut rows: BTreeMap<String, (DbView, Option<u64>)> = BTreeMap::new();
+    for service in cluster.data_members() {
+        let Some(container) = views
+            .iter()
+            .find(|v| v.member == service.name)
+            .and_then(|v| v.container.clone())
+        else {
+            continue;
+        };
+        let port = match &service.env.role {
+            Role::Primary { postgres, .. } | Role::Replica { postgres, .. } => postgres.port,
+            _ => defaults::PG_PORT,
+        };
+        let port = port.to_string();
+        let out = exec(
+            engine,
+            &container,
+            &[
+                "psql",
+                "-h",
+                &service.env.common.run_dir,
+                "-p",
+                &port,
+                "-U",
+                &service.env.common.superuser,
+                "-d",
+                "postgres",
+                "-AtX",
+                "-F",
+                "|",
+                "-c",
+                SQL,
+            ],
+        )
+        .await
+        .and_then(|o| o.into_stdout("psql"));
+        let Ok(out) = out else { continue };
+        let fields: Vec<&str> = out.trim().split('|').collect();
+        if fields.len() != 4 {
+            continue;
+        }
+        let in_recovery = fields[0] == "t";
+        let view = DbView {
+            role: if in_recovery { "replica" } else { "primary" }.into(),
+            state: if in_recovery {
+                if fields[2].is_empty() {
+                    "not streaming".into()
+                } else {
+                    fields[2].to_string()
+                }
+            } else {
+                "running".into()
+            },
+            timeline: fields[1].parse().ok(),
+            lag_mb: None,
+            group: None,
+        };
+        rows.insert(service.name.clone(), (view, parse_lsn(fields[3])));
+    }
+    let primary_lsn = rows
+        .values()
+        .find(|(v, _)| v.role == "primary")
+        .and_then(|(_, lsn)| *lsn);
+    Ok(rows
+        .into_iter()
+        .map(|(member, (mut view, lsn))| {
+            if view.role == "replica" {
+                if let (Some(p), Some(r)) = (primary_lsn, lsn) {
+                    view.lag_mb = Some(p.saturating_sub(r) as f64 / 1_048_576.0);
+                }
+            }
+            (member, view)
+        })
+        .collect())
+}
+
+/// An LSN (`16/B374D848`) as a byte position.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// The database's view for the cluster's topology.
+pub async fn db_view(
+    engine: &Engine,
+    cluster: &Cluster,
+    views: &[ServiceView],
+) -> anyhow::Result<BTreeMap<String, DbView>> {
+    match cluster.topology {
+        Topology::Patroni | Topology::Citus => patroni_view(engine, cluster, views).await,
+        Topology::Replication => replication_view(engine, cluster, views).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patronictl_json_of_patroni_3_and_4_parses() {
+        let json = r#"[{"Cluster": "demo", "Member": "pg1", "Host": "pg1:5432", "Role": "Leader", "State": "running", "TL": 2},
+            {"Cluster": "demo", "Member": "pg2", "Host": "pg2:5432", "Role": "Sync Standby", "State": "streaming", "TL": 2, "Lag in MB": 0},
+            {"Cluster": "demo", "Member": "pg3", "Host": "pg3:5432", "Role": "Replica", "State": "starting", "Lag in MB": "unknown"}]"#;
+        let rows = parse_patronictl(json).expect("parses");
+        assert_eq!(rows["pg1"].role, "leader");
+        assert_eq!(rows["pg1"].timeline, Some(2));
+        assert_eq!(rows["pg2"].role, "sync standby");
+        assert_eq!(rows["pg2"].lag_mb, Some(0.0));
+        assert_eq!(rows["pg3"].lag_mb, None);
+        assert!(parse_patronictl("not json").is_err());
+    }
+
+    #[test]
+    fn lsns_are_byte_positions() {
+        assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert_eq!(parse_lsn("x"), None);
+    }
+}
