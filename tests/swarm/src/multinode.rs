@@ -589,7 +589,8 @@ async fn wait_rejoined(cluster: &PatroniCluster, key: &str, old_container: &str)
 /// acknowledgement to `stopped` (a client that never got through again).
 fn gap_until_stop(log: &ProbeLog, at: Instant, stopped: Instant) -> Duration {
     let last = log.acks.last().map(|a| a.at).unwrap_or(at).max(at);
-    log.gap_after(at).max(stopped.saturating_duration_since(last))
+    log.gap_after(at)
+        .max(stopped.saturating_duration_since(last))
 }
 
 fn ensure_nothing_lost(
