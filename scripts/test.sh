@@ -4,7 +4,9 @@
 #   2. unit and host-integration tests (real PostgreSQL, Patroni, etcd, HAProxy, PgBouncer
 #      from Debian's packages, on loopback ports),
 #   3. the real-swarm end-to-end suite (tests/swarm/): builds the image, deploys stacks with
-#      `docker stack deploy` on a local single-node swarm, and removes everything it created.
+#      `docker stack deploy` on a local single-node swarm, and removes everything it created,
+#   4. the multi-node scenarios on a 3-node swarm brought up on this machine (node power-off,
+#      partition, freeze, drain, loss of the router's node), then taken down again.
 # Set PGSWARM_SKIP_SWARM=1 to run only tiers 1 and 2 (e.g. on a machine without Docker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,3 +37,7 @@ if [ "${PGSWARM_SKIP_SWARM:-0}" = 1 ]; then
 fi
 step "real-swarm end-to-end suite"
 tests/swarm/run.sh
+
+step "multi-node end-to-end suite (a 3-node swarm on this machine, scripts/testbed.sh)"
+# Uses the image the single-node suite just built; takes the bed down also on failure.
+PGSWARM_SKIP_IMAGE_BUILD=1 tests/swarm/run-multinode.sh
