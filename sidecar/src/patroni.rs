@@ -225,6 +225,13 @@ pub struct HostFacts {
     pub allowed_cidrs: Vec<String>,
     /// The installed Patroni, when known.
     pub patroni_version: Option<PatroniVersion>,
+    /// This container's current address on the network the cluster shares, found on every
+    /// start; other members reach this one by it. `None` leaves the member name (or the
+    /// contract's explicit connect host).
+    pub current_address: Option<String>,
+    /// The port of this sidecar's liveness listener (see [`crate::liveness`]), published in
+    /// the member key so the other members notice at once when this container dies.
+    pub liveness_port: Option<u16>,
 }
 
 /// `patroni.yml`, the subset of Patroni's settings pgswarm uses.
@@ -242,6 +249,9 @@ pub struct PatroniYml {
     pub bootstrap: Bootstrap,
     pub postgresql: PostgresqlSection,
     pub watchdog: Watchdog,
+    /// Patroni tags; custom ones are published as they are in the member key.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Patroni's own log settings.
@@ -395,10 +405,23 @@ pub fn pgpass_path(common: &Common) -> String {
     format!("{}/pgpass", common.run_dir)
 }
 
-/// The host other members reach this one by: the explicit connect host, else the member
-/// (service) name.
-pub fn connect_host<'a>(common: &'a Common, postgres: &'a Postgres) -> &'a str {
-    postgres.connect_host.as_deref().unwrap_or(&common.member)
+/// The host other members reach this one by: the explicit connect host, else this
+/// container's current address when known, else the member (service) name.
+///
+/// Not the name when the address is known: Patroni (with an etcd DCS) resolves names through
+/// its own DNS cache, kept 600 s, so after Swarm replaces a member's task (new overlay IP) the
+/// others would keep calling its old address for minutes. The address is found again on every
+/// start and written into the member key, which every member reads each loop.
+pub fn connect_host<'a>(
+    common: &'a Common,
+    postgres: &'a Postgres,
+    host: &'a HostFacts,
+) -> &'a str {
+    postgres
+        .connect_host
+        .as_deref()
+        .or(host.current_address.as_deref())
+        .unwrap_or(&common.member)
 }
 
 /// pg_hba.conf lines: the postgres OS user over the local socket, Patroni's local replication
@@ -443,7 +466,17 @@ pub fn render(
             name: owned.clone(),
         });
     }
-    let connect = connect_host(common, pg);
+    let connect = connect_host(common, pg, host);
+    let tags = host
+        .liveness_port
+        .map(|port| {
+            (
+                crate::liveness::TAG.to_string(),
+                format!("{connect}:{port}"),
+            )
+        })
+        .into_iter()
+        .collect();
 
     // Cluster-wide parameters: what replication, pg_rewind and failover need.
     let mut dcs_parameters: BTreeMap<String, String> = [
@@ -548,6 +581,7 @@ pub fn render(
             parameters: local_parameters,
         },
         watchdog: Watchdog { mode: "off".into() },
+        tags,
     })
 }
 
@@ -631,6 +665,37 @@ pub async fn installed_version() -> Option<PatroniVersion> {
     }
 }
 
+/// This container's address on the network that reaches `targets` (the etcd members, which
+/// share the cluster's overlay network): the source address the kernel picks for them. A UDP
+/// socket's connect only selects the route; nothing is sent.
+pub async fn current_address(targets: &[Endpoint]) -> Option<String> {
+    for target in targets {
+        let Ok(addrs) = tokio::net::lookup_host((target.host.as_str(), target.port)).await else {
+            continue;
+        };
+        for addr in addrs {
+            let bind: std::net::SocketAddr = if addr.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let Ok(socket) = std::net::UdpSocket::bind(bind) else {
+                continue;
+            };
+            if socket.connect(addr).is_err() {
+                continue;
+            }
+            if let Ok(local) = socket.local_addr() {
+                let ip = local.ip();
+                if !ip.is_loopback() && !ip.is_unspecified() {
+                    return Some(ip.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Waits until one of the etcd endpoints answers `GET /health` with a healthy cluster.
 async fn wait_for_etcd(common: &Common, hosts: &[Endpoint]) -> anyhow::Result<()> {
     let list = hosts
@@ -679,10 +744,12 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         .into());
     }
     let bin_dir = postgres::find_bin_dir(spec.postgres.bin_dir.as_deref())?;
-    let host = HostFacts {
+    let mut host = HostFacts {
         bin_dir: bin_dir.display().to_string(),
         allowed_cidrs: postgres::allowed_cidrs(spec.postgres)?,
         patroni_version: installed_version().await,
+        current_address: None,
+        liveness_port: None,
     };
     let credentials = PatroniCredentials {
         superuser_password: secrets.get(Secret::SuperuserPassword)?.expose().to_string(),
@@ -692,6 +759,33 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
             .to_string(),
         rest_password: secrets.get(Secret::RestPassword)?.expose().to_string(),
     };
+    // Checked now, so a bad setting fails before the wait for etcd.
+    render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
+    wait_for_etcd(common, spec.etcd_hosts).await?;
+    if spec.postgres.connect_host.is_none() {
+        host.current_address = current_address(spec.etcd_hosts).await;
+        match &host.current_address {
+            Some(address) => info!(%address, "other members reach this one at its current address"),
+            None => warn!(
+                member = %common.member,
+                "cannot tell this container's address on the cluster's network: other members \
+                 reach it by name (Patroni caches names for 600 s, a replaced task is then \
+                 reached late)"
+            ),
+        }
+    }
+    // The liveness port lives as long as this process, which outlives Patroni.
+    match tokio::net::TcpListener::bind((spec.postgres.listen_address.as_str(), 0)).await {
+        Ok(listener) => {
+            host.liveness_port = listener.local_addr().ok().map(|a| a.port());
+            tokio::spawn(crate::liveness::serve(listener));
+        }
+        Err(e) => warn!(
+            error = %e,
+            "cannot open the liveness port: if this member's container dies while it leads, \
+             the others wait for its leader lock to expire"
+        ),
+    }
     let config =
         render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
     let path = config_path(common);
@@ -702,6 +796,8 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         patroni = %host.patroni_version.map_or("unknown".into(), |v| v.to_string()),
         bin_dir = %host.bin_dir,
         citus_group = ?config.citus.as_ref().map(|c| c.group),
+        connect_address = %config.postgresql.connect_address,
+        liveness = ?config.tags.get(crate::liveness::TAG),
         "rendered patroni.yml"
     );
     // Patroni asks the other members for their state through a Python thread pool, whose
@@ -710,7 +806,11 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
     if nix::unistd::access("/dev/shm", nix::unistd::AccessFlags::W_OK).is_err() {
         warn!("/dev/shm is not writable: Patroni will fail when it has to elect a new leader; mount a tmpfs there");
     }
-    wait_for_etcd(common, spec.etcd_hosts).await?;
+    tokio::spawn(crate::liveness::watch_leader(
+        crate::liveness::Etcd::new(spec.etcd_hosts.to_vec()),
+        crate::liveness::Keys::new(&common.cluster, spec.citus.map(|c| c.group)),
+        common.member.clone(),
+    ));
     let child = ChildSpec::new("patroni", "patroni").arg(&path);
     supervise::supervise(child, std::future::pending()).await
 }
@@ -779,6 +879,8 @@ mod tests {
                 minor: 0,
                 patch: 7,
             }),
+            current_address: None,
+            liveness_port: None,
         }
     }
 
@@ -896,6 +998,33 @@ mod tests {
         assert_eq!(config.restapi.connect_address, "127.0.0.1:18008");
         assert_eq!(config.postgresql.listen, "127.0.0.1:15432");
         assert_eq!(config.postgresql.connect_address, "127.0.0.1:15432");
+    }
+
+    #[test]
+    fn the_current_address_is_advertised_with_the_liveness_tag() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let mut h = host();
+        h.current_address = Some("10.0.1.7".into());
+        h.liveness_port = Some(40001);
+        let config = render(&common(), &spec(&pg, &etcd), &h, &credentials()).unwrap();
+        assert_eq!(config.restapi.connect_address, "10.0.1.7:8008");
+        assert_eq!(config.postgresql.connect_address, "10.0.1.7:5432");
+        assert_eq!(
+            config.tags.get(crate::liveness::TAG).map(String::as_str),
+            Some("10.0.1.7:40001")
+        );
+        // An explicit connect host still wins.
+        let pg = Postgres {
+            connect_host: Some("db.example".into()),
+            ..Postgres::default()
+        };
+        let config = render(&common(), &spec(&pg, &etcd), &h, &credentials()).unwrap();
+        assert_eq!(config.postgresql.connect_address, "db.example:5432");
+        // Without a liveness port no tag is written.
+        let config = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+        assert!(config.tags.is_empty());
+        assert!(yaml_of(&config).get("tags").is_none());
     }
 
     #[test]
