@@ -44,13 +44,35 @@ pub async fn post_json(
     body: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
+    send_json("POST", host, port, path, None, body, timeout).await
+}
+
+/// The status code and body of `METHOD http://host:port/path` with a JSON `body` and, when
+/// given, HTTP basic auth `(user, password)`, within `timeout`.
+pub async fn send_json(
+    method: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+    basic_auth: Option<(&str, &str)>,
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    use base64::Engine as _;
     let target = format!("http://{host}:{port}{path}");
+    let auth = basic_auth
+        .map(|(user, password)| {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            format!("Authorization: Basic {token}\r\n")
+        })
+        .unwrap_or_default();
     tokio::time::timeout(timeout, async {
         let mut stream = TcpStream::connect((host, port))
             .await
             .with_context(|| format!("connecting to {host}:{port}"))?;
         let request = format!(
-            "POST {path} HTTP/1.0\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.0\r\nHost: {host}:{port}\r\n{auth}Content-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
@@ -61,7 +83,7 @@ pub async fn post_json(
     })
     .await
     .with_context(|| format!("no answer from {target} within {} s", timeout.as_secs_f32()))?
-    .with_context(|| format!("POST {target}"))
+    .with_context(|| format!("{method} {target}"))
 }
 
 /// Splits a raw HTTP response into its status code and body.

@@ -550,7 +550,7 @@ pub fn render(
                 retry_timeout: timing.retry_timeout,
                 maximum_lag_on_failover: spec.maximum_lag_on_failover,
                 synchronous_mode: SyncModeValue(spec.synchronous_mode),
-                primary_start_timeout: primary_start_timeout(spec.synchronous_mode),
+                primary_start_timeout: primary_start_timeout(spec.synchronous_mode, timing.ttl),
                 failsafe_mode: true,
                 postgresql: DcsPostgresql {
                     use_pg_rewind: true,
@@ -585,20 +585,21 @@ pub fn render(
     })
 }
 
-/// `primary_start_timeout` for a synchronous mode. Swarm restarts a killed container within
-/// seconds, while the leader lock (ttl) is still held: with Patroni's default the restarted
-/// member keeps its lock and starts PostgreSQL again in place as the primary, so a crashed
-/// primary causes no failover at all, only an outage as long as its restart.
+/// `primary_start_timeout`: how long a primary whose PostgreSQL crashed (Patroni alive, the
+/// lock held, the data directory intact) may take to come back in place before Patroni fails
+/// over. Crash recovery takes well under a second, and [`watch_postmaster`] wakes Patroni at
+/// once, so restarting in place is the fastest recovery and loses nothing.
 ///
-/// - Synchronous mode on or quorum: `0`, fail over at once to a synchronous standby. Every
-///   acknowledged commit is on such a standby, so promoting it loses nothing, and it is
-///   faster than crash recovery in place. (Patroni still restarts in place when no member
-///   can take over.)
-/// - Off: Patroni's default. An asynchronous standby may lack the last acknowledged commits;
-///   restarting the crashed primary in place keeps them, at the cost of a longer outage.
-fn primary_start_timeout(mode: SynchronousMode) -> Option<u32> {
+/// - Synchronous mode on or quorum: the lock's ttl. A restart that does not succeed within it
+///   gives way to a synchronous standby, which has every acknowledged commit.
+/// - Off: Patroni's default (300 s). An asynchronous standby may lack the last acknowledged
+///   commits; the crashed primary gets longer to come back with them.
+///
+/// A killed container is another case: its sidecar's liveness port closes and the other
+/// members release its key at once (see [`crate::liveness`]).
+fn primary_start_timeout(mode: SynchronousMode, ttl: u32) -> Option<u32> {
     match mode {
-        SynchronousMode::On | SynchronousMode::Quorum => Some(0),
+        SynchronousMode::On | SynchronousMode::Quorum => Some(ttl),
         SynchronousMode::Off => None,
     }
 }
@@ -759,8 +760,12 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
             .to_string(),
         rest_password: secrets.get(Secret::RestPassword)?.expose().to_string(),
     };
-    // Checked now, so a bad setting fails before the wait for etcd.
-    render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
+    // Rendered and written now, so a bad setting fails before the wait for etcd; written
+    // again below with this container's current address once etcd answers.
+    let path = config_path(common);
+    let first =
+        render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
+    templates::write_private(Path::new(&path), to_text(&first)?.as_bytes())?;
     wait_for_etcd(common, spec.etcd_hosts).await?;
     if spec.postgres.connect_host.is_none() {
         host.current_address = current_address(spec.etcd_hosts).await;
@@ -788,7 +793,6 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
     }
     let config =
         render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
-    let path = config_path(common);
     templates::write_private(Path::new(&path), to_text(&config)?.as_bytes())?;
     info!(
         path = %path,
@@ -811,8 +815,89 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         crate::liveness::Keys::new(&common.cluster, spec.citus.map(|c| c.group)),
         common.member.clone(),
     ));
+    tokio::spawn(watch_postmaster(
+        common.pgdata(),
+        http::local_host(&spec.postgres.listen_address).to_string(),
+        spec.rest_port,
+        common.rest_user.clone(),
+        credentials.rest_password.clone(),
+    ));
     let child = ChildSpec::new("patroni", "patroni").arg(&path);
     supervise::supervise(child, std::future::pending()).await
+}
+
+/// How often the postmaster is looked at.
+const POSTMASTER_POLL: Duration = Duration::from_millis(100);
+
+/// The pid in `postmaster.pid` (its first line), if the file is there.
+fn postmaster_pid(pgdata: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("{pgdata}/postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Whether process `pid` is gone (no such process, or a zombie not yet reaped).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => matches!(
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+    }
+}
+
+/// Wakes Patroni's HA loop at once when the postmaster dies (its pid gone while
+/// `postmaster.pid` still names it: a clean stop removes the file). Patroni would otherwise
+/// notice only on its next loop (up to `loop_wait` seconds later); woken, a leader that still
+/// holds its lock restarts PostgreSQL in place right away (crash recovery takes well under a
+/// second). The wake-up is Patroni's own: `PATCH /config` with a change that changes nothing
+/// (an empty `postgresql` section merged into the existing one) writes nothing and wakes the
+/// loop.
+async fn watch_postmaster(
+    pgdata: String,
+    rest_host: String,
+    rest_port: u16,
+    rest_user: String,
+    rest_password: String,
+) {
+    let mut watched: Option<i32> = None;
+    loop {
+        tokio::time::sleep(POSTMASTER_POLL).await;
+        let Some(pid) = postmaster_pid(&pgdata) else {
+            watched = None;
+            continue;
+        };
+        if !process_gone(pid) {
+            watched = Some(pid);
+            continue;
+        }
+        if watched != Some(pid) {
+            // Already gone when first seen (a stale file from before this start): Patroni
+            // handles it; only a death seen happening is reported.
+            continue;
+        }
+        watched = None;
+        warn!(pid, "the postmaster died: waking Patroni to handle it now");
+        let answer = http::send_json(
+            "PATCH",
+            &rest_host,
+            rest_port,
+            "/config",
+            Some((&rest_user, &rest_password)),
+            r#"{"postgresql": {}}"#,
+            Duration::from_secs(3),
+        )
+        .await;
+        match answer {
+            Ok((200, _)) => info!("Patroni woken after the postmaster's death"),
+            Ok((code, body)) => {
+                warn!(code, body = %body.trim(), "Patroni did not take the wake-up")
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot wake Patroni"),
+        }
+    }
 }
 
 /// Health: Patroni's HA loop is alive (`GET /liveness` answers 200). Not `/health`, which
@@ -1124,13 +1209,13 @@ mod tests {
     }
 
     #[test]
-    fn a_crashed_primary_fails_over_at_once_only_in_synchronous_modes() {
+    fn a_crashed_primary_restarts_in_place_within_the_ttl_in_synchronous_modes() {
         let pg = Postgres::default();
         let etcd = etcd();
         let mut s = spec(&pg, &etcd);
         for (mode, expected) in [
-            (SynchronousMode::On, Some(0)),
-            (SynchronousMode::Quorum, Some(0)),
+            (SynchronousMode::On, Some(20)),
+            (SynchronousMode::Quorum, Some(20)),
             (SynchronousMode::Off, None),
         ] {
             s.synchronous_mode = mode;

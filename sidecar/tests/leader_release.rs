@@ -3,6 +3,7 @@
 //! loopback with Debian's programs.
 //!
 //! What must never happen is asserted, never a time:
+//! - a leader whose postmaster crashes (Patroni alive) is restarted in place, not replaced;
 //! - a leader that is only paused (its packets unanswered, as in a partition) keeps its key;
 //! - a key retaken while its old holder's connection closes is not deleted;
 //! - when the leader's whole process tree is killed (a container's death), its key is released
@@ -259,6 +260,33 @@ async fn a_dead_leaders_key_is_released_at_once_and_a_live_ones_never() {
         })
         .await;
     }
+
+    // 0. The leader's postmaster crashes, Patroni alive: woken at once by the sidecar, it
+    //    restarts PostgreSQL in place (the lock kept, nothing to fail over).
+    let pid_file = format!("{}/postmaster.pid", envs[li].common.pgdata());
+    let postmaster: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the leader's postmaster.pid")
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("a pid in postmaster.pid");
+    signal_pid(postmaster as u32, Signal::SIGKILL);
+    eventually("the leader's sidecar to wake Patroni", || async {
+        if members[li]
+            .log_text()
+            .contains("Patroni woken after the postmaster's death")
+        {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    let (after_crash, _) = settled(&HOSTS, ports.rest, 2).await;
+    assert_eq!(
+        after_crash, leader,
+        "a crashed postmaster was not restarted in place"
+    );
 
     // 1. A paused leader (no packet answered, nothing closed) keeps its key: only its lease
     //    may end its leadership. Paused for well under the ttl.
