@@ -520,6 +520,83 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
     Ok(report)
 }
 
+/// Where a member's data directory is inside its container (the image's default data root).
+const MEMBER_PGDATA: &str = "/var/lib/pgswarm/pgdata";
+
+/// `kill -9` of the leader's postmaster under write load, Patroni and the container alive.
+/// The leader is expected to restart PostgreSQL in place (crash recovery) and keep its lock;
+/// the report says whether leadership moved instead. Lost acknowledged commits are counted;
+/// in synchronous mode any loss is an error.
+pub async fn postmaster_crash(cluster: &PatroniCluster, table: &str) -> Result<DisruptionReport> {
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let before = identities(cluster).await?;
+    let old_leader = cluster.leader().await?;
+    let probe = WriteProbe::start(cluster.rw.clone(), table).await?;
+    tokio::time::sleep(BASELINE).await;
+
+    info!(member = %old_leader, "kill -9 of the leader's postmaster");
+    let script = format!("kill -9 \"$(head -n 1 {MEMBER_PGDATA}/postmaster.pid)\"");
+    let killed_at = Instant::now();
+    cluster.dep.exec(&old_leader, &["sh", "-c", &script]).await?;
+    let found = std::sync::Mutex::new(String::new());
+    wait_until(
+        &format!("a running leader after {old_leader}'s postmaster was killed"),
+        RECOVERY_TIMEOUT,
+        || async {
+            let list = cluster.list(None).await?;
+            Ok(match list.iter().find(|m| m.is_leader() && m.state == "running") {
+                Some(m) => {
+                    if let Ok(mut name) = found.lock() {
+                        name.clone_from(&m.name);
+                    }
+                    Check::Done
+                }
+                None => Check::Pending(describe(&list)),
+            })
+        },
+    )
+    .await?;
+    let leader_after = killed_at.elapsed();
+    let new_leader = found.into_inner().unwrap_or_default();
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let settled_after = killed_at.elapsed();
+    let (log, missing) = finish_probe(cluster, probe, table).await?;
+    ensure_not_reinitialised(cluster, &before).await?;
+    ensure!(
+        log.acks_after(killed_at) > 0,
+        "no write was acknowledged through the router after the postmaster was killed"
+    );
+    let failed_over = new_leader != old_leader;
+    let report = DisruptionReport {
+        what: if failed_over {
+            "postmaster killed: failed over".into()
+        } else {
+            "postmaster killed: restarted in place".into()
+        },
+        old_leader,
+        new_leader,
+        failed_over,
+        write_gap: log.gap_after(killed_at),
+        client_errors: log.errors_after(killed_at),
+        acknowledged: log.acks.len(),
+        lost: missing.len(),
+        leader_after: Some(leader_after),
+        settled_after,
+        errors: log.error_summary(),
+    };
+    info!(%report, "postmaster crash measured");
+    if cluster.synchronous {
+        ensure!(
+            missing.is_empty(),
+            "synchronous mode is on, yet {} acknowledged commits are missing after the \
+             postmaster was killed (first ids: {:?}); {report}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+    Ok(report)
+}
+
 /// Planned switchover (`patronictl switchover`) under write load, to a streaming replica.
 pub async fn switchover(cluster: &PatroniCluster, table: &str) -> Result<DisruptionReport> {
     cluster.wait_ready(RECOVERY_TIMEOUT).await?;
