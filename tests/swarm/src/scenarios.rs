@@ -486,6 +486,7 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
         },
     )
     .await?;
+    ensure_single_primary(cluster).await?;
     ensure!(
         log.acks_after(killed_at) > 0,
         "no write was acknowledged through the router after the kill"
@@ -520,6 +521,29 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
     Ok(report)
 }
 
+/// Fails when more than one member accepts writes (is not in recovery), or none does.
+pub async fn ensure_single_primary(cluster: &PatroniCluster) -> Result<String> {
+    let mut writable = Vec::new();
+    for key in &cluster.members {
+        let rows = cluster
+            .query_member(key, "SELECT pg_is_in_recovery()")
+            .await?;
+        let in_recovery = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default();
+        if in_recovery == "f" || in_recovery == "false" {
+            writable.push(key.clone());
+        }
+    }
+    ensure!(
+        writable.len() == 1,
+        "{} members accept writes (not in recovery): {writable:?}",
+        writable.len()
+    );
+    Ok(writable.remove(0))
+}
+
 /// Where a member's data directory is inside its container (the image's default data root).
 const MEMBER_PGDATA: &str = "/var/lib/pgswarm/pgdata";
 
@@ -537,22 +561,27 @@ pub async fn postmaster_crash(cluster: &PatroniCluster, table: &str) -> Result<D
     info!(member = %old_leader, "kill -9 of the leader's postmaster");
     let script = format!("kill -9 \"$(head -n 1 {MEMBER_PGDATA}/postmaster.pid)\"");
     let killed_at = Instant::now();
-    cluster.dep.exec(&old_leader, &["sh", "-c", &script]).await?;
+    cluster
+        .dep
+        .exec(&old_leader, &["sh", "-c", &script])
+        .await?;
     let found = std::sync::Mutex::new(String::new());
     wait_until(
         &format!("a running leader after {old_leader}'s postmaster was killed"),
         RECOVERY_TIMEOUT,
         || async {
             let list = cluster.list(None).await?;
-            Ok(match list.iter().find(|m| m.is_leader() && m.state == "running") {
-                Some(m) => {
-                    if let Ok(mut name) = found.lock() {
-                        name.clone_from(&m.name);
+            Ok(
+                match list.iter().find(|m| m.is_leader() && m.state == "running") {
+                    Some(m) => {
+                        if let Ok(mut name) = found.lock() {
+                            name.clone_from(&m.name);
+                        }
+                        Check::Done
                     }
-                    Check::Done
-                }
-                None => Check::Pending(describe(&list)),
-            })
+                    None => Check::Pending(describe(&list)),
+                },
+            )
         },
     )
     .await?;
@@ -562,6 +591,7 @@ pub async fn postmaster_crash(cluster: &PatroniCluster, table: &str) -> Result<D
     let settled_after = killed_at.elapsed();
     let (log, missing) = finish_probe(cluster, probe, table).await?;
     ensure_not_reinitialised(cluster, &before).await?;
+    ensure_single_primary(cluster).await?;
     ensure!(
         log.acks_after(killed_at) > 0,
         "no write was acknowledged through the router after the postmaster was killed"

@@ -73,6 +73,26 @@ async fn killing_the_leader_fails_over_without_losing_commits() -> anyhow::Resul
     Ok(())
 }
 
+/// `kill -9` of the leader's postmaster under write load, synchronous mode on: Patroni
+/// restarts it in place (woken at once by the sidecar), one primary, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_postmaster_is_restarted_in_place_without_losing_commits() -> anyhow::Result<()> {
+    init_logging();
+    let image = ensure_image()?;
+    let name = deployment::unique_name("e2epm");
+    let spec = specs::patroni(&name, &image, true)?;
+    let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
+    let report = scenarios::postmaster_crash(&cluster, "postmaster_probe").await?;
+    eprintln!("{report}");
+    assert_eq!(report.lost, 0, "acknowledged commits lost: {report}");
+    assert!(
+        !report.failed_over,
+        "the crashed postmaster of {} was not restarted in place ({report})",
+        report.old_leader
+    );
+    Ok(())
+}
+
 /// Scenario 4: `docker service update --force` on each data member in turn: writable apart
 /// from a gap, nothing lost, no member re-initialised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
