@@ -10,8 +10,9 @@
 #      cluster, a wait until it is healthy and a write through the pooler; then it prints how
 #      to connect.
 # Arguments go to `swarmctl up` (e.g. `scripts/up.sh --image pgswarm:dev`).
-# Remove it again with `target/release/swarmctl down` (add --volumes --secrets for the data
-# and the passwords).
+# swarmctl is installed on PATH (/usr/local/bin, ~/.cargo/bin or ~/.local/bin, whichever is
+# writable). Remove the cluster again with `swarmctl down` (add --volumes --secrets for the
+# data and the passwords).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -56,7 +57,28 @@ fi
 log "cargo build --release -p swarmctl"
 cargo build --release --quiet -p swarmctl
 
+# Put swarmctl where the shell finds it, so the commands `up` prints (swarmctl status,
+# swarmctl psql, ...) work as printed: the first directory on PATH that this user may write,
+# among the usual ones; otherwise say how to call it.
+swarmctl="$repo/target/release/swarmctl"
+installed=""
+for dir in /usr/local/bin "$HOME/.cargo/bin" "$HOME/.local/bin"; do
+  case ":$PATH:" in *":$dir:"*) ;; *) continue ;; esac
+  if [ -d "$dir" ] && [ -w "$dir" ]; then
+    install -m 0755 "$swarmctl" "$dir/swarmctl"
+    installed="$dir/swarmctl"
+    break
+  fi
+done
+if [ -n "$installed" ]; then
+  log "installed $installed"
+  swarmctl="$installed"
+else
+  log "no writable directory on PATH for swarmctl: call it as $swarmctl"
+  log "(or: sudo install -m 0755 $swarmctl /usr/local/bin/)"
+fi
+
 # --build: the image is rebuilt from this tree (cached layers make that quick), so it always
 # matches the swarmctl just built.
 log "swarmctl up --build $*"
-exec "$repo/target/release/swarmctl" up --build "$@"
+exec "$swarmctl" up --build "$@"

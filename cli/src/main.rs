@@ -187,6 +187,47 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         timeout: u64,
     },
+    /// Open psql on the leader (through the router's read-write port) or on a replica.
+    #[command(
+        after_help = "psql runs inside a container of the cluster on this node (the pooler or a \
+                      member), which reads the superuser's password from its secret file: the \
+                      password never reaches this machine. Arguments after -- go to psql; the \
+                      exit code is psql's.\n\n\
+                      Examples:\n  swarmctl psql\n  swarmctl psql --replica -- -c 'select 1'\n  \
+                      swarmctl psql -f demo.yml --dbname app"
+    )]
+    Psql {
+        /// The spec file, or `-` for standard input (default: the cluster of `swarmctl up`).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Connect to a replica (the router's read-only port) instead of the leader.
+        #[arg(long)]
+        replica: bool,
+        /// Database to connect to.
+        #[arg(long, default_value = "postgres")]
+        dbname: String,
+        /// Arguments for psql.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Show the logs of one service of the cluster (a member, etcd, router or pooler), from
+    /// every task on any node.
+    #[command(
+        after_help = "Examples:\n  swarmctl logs pg1\n  swarmctl logs pg1 --follow --tail 50"
+    )]
+    Logs {
+        /// The service: a member name or etcd1, router, pooler ...
+        member: String,
+        /// The spec file, or `-` for standard input (default: the cluster of `swarmctl up`).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Keep printing new lines.
+        #[arg(long)]
+        follow: bool,
+        /// Only the last N lines of each task.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
     /// Citus operations: scale-out by worker groups.
     #[command(subcommand)]
     Citus(CitusCommand),
@@ -259,6 +300,8 @@ enum Failure {
     Invalid(SpecError, String),
     /// `doctor` found a problem; already printed.
     ChecksFailed,
+    /// A command run for the user (psql) ended with this code; it said why itself.
+    Exit(i32),
     /// Anything else.
     Other(anyhow::Error),
 }
@@ -279,6 +322,7 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_INVALID)
         }
         Err(Failure::ChecksFailed) => ExitCode::from(EXIT_INVALID),
+        Err(Failure::Exit(code)) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ERROR)),
         Err(Failure::Other(err)) => {
             eprintln!("error: {err:#}");
             ExitCode::from(EXIT_ERROR)
@@ -302,6 +346,8 @@ fn run(command: Command) -> Result<(), Failure> {
         | Command::Doctor { .. }
         | Command::Up { .. }
         | Command::Down { .. }
+        | Command::Psql { .. }
+        | Command::Logs { .. }
         | Command::Citus(_) => {
             init_logging();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -479,6 +525,32 @@ async fn operate(command: Command) -> Result<(), Failure> {
                 "leader: {} -> {} (writes through the router after {:.1} s)",
                 outcome.old_leader, outcome.new_leader, outcome.seconds
             );
+        }
+        Command::Psql {
+            file,
+            replica,
+            dbname,
+            args,
+        } => {
+            let cluster = load_cluster_or_default(file.as_deref())?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let code = swarm::access::psql(&engine, &cluster, replica, &dbname, &args).await?;
+            if code != 0 {
+                return Err(Failure::Exit(code));
+            }
+        }
+        Command::Logs {
+            member,
+            file,
+            follow,
+            tail,
+        } => {
+            let cluster = load_cluster_or_default(file.as_deref())?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let code = swarm::access::logs(&engine, &cluster, &member, follow, tail).await?;
+            if code != 0 {
+                return Err(Failure::Exit(code));
+            }
         }
         Command::Doctor { file } => {
             let cluster = load_cluster_or_default(file.as_deref())?;

@@ -4,7 +4,8 @@
 //! machine.
 //!
 //! `write-check` commits a throw-away write (switchover), `query` runs SQL and prints its rows
-//! (Citus scale-out reads `pg_dist_node` and drives the rebalance with it). Each subcommand
+//! (Citus scale-out reads `pg_dist_node` and drives the rebalance with it), `psql` runs an
+//! interactive psql (`swarmctl psql`). Each subcommand
 //! prints one JSON object on standard output and exits 0, or prints the error on standard
 //! error and exits 1.
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use pgswarm_contract::{MemberEnv, Secret};
+use pgswarm_contract::{MemberEnv, Role, Secret};
 use pgswarm_sidecar::postgres::connect;
 use pgswarm_sidecar::secrets::read_secret;
 use serde_json::json;
@@ -58,6 +59,24 @@ pub enum CtlCommand {
         #[arg(long)]
         sql: String,
     },
+    /// Run psql against HOST:PORT as the superuser, the password handed to psql through a
+    /// passfile readable only by this user and removed when psql ends (never in an
+    /// environment variable or on a command line). Standard input and output are psql's; the
+    /// exit code is psql's.
+    Psql {
+        /// Host to connect to: a router, a member (service name) or 127.0.0.1.
+        #[arg(long)]
+        host: String,
+        /// Port on that host.
+        #[arg(long)]
+        port: u16,
+        /// Database to connect to.
+        #[arg(long, default_value = "postgres")]
+        dbname: String,
+        /// Arguments for psql itself (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 /// The statements of the write check, in one transaction: a temporary table dropped at
@@ -71,6 +90,21 @@ const WRITE_CHECK_SQL: &str = "BEGIN; \
 
 /// Runs `command`; returns the process exit code.
 pub fn run(member: &MemberEnv, command: CtlCommand) -> i32 {
+    if let CtlCommand::Psql {
+        host,
+        port,
+        dbname,
+        args,
+    } = command
+    {
+        return match psql(member, &host, port, &dbname, &args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        };
+    }
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -103,7 +137,88 @@ async fn dispatch(member: &MemberEnv, command: CtlCommand) -> anyhow::Result<ser
             connect_timeout,
             sql,
         } => query(member, &host, port, &dbname, connect_timeout, &sql).await,
+        CtlCommand::Psql { .. } => Err(anyhow!("psql is not a JSON operation")),
     }
+}
+
+/// One line of a libpq password file; `:` and `\` in a field are escaped.
+pub fn passfile_line(host: &str, port: u16, user: &str, password: &str) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    format!("{}:{port}:*:{}:{}\n", esc(host), esc(user), esc(password))
+}
+
+/// Runs psql in the foreground with a private passfile; returns psql's exit code.
+fn psql(
+    member: &MemberEnv,
+    host: &str,
+    port: u16,
+    dbname: &str,
+    args: &[String],
+) -> anyhow::Result<i32> {
+    let common = &member.common;
+    let password = read_secret(common, Secret::SuperuserPassword)?;
+    let configured = match &member.role {
+        Role::Primary { postgres, .. }
+        | Role::Replica { postgres, .. }
+        | Role::Patroni { postgres, .. } => postgres.bin_dir.as_deref(),
+        _ => None,
+    };
+    let bin_dir = pgswarm_sidecar::postgres::find_bin_dir(configured)?;
+    let dir = private_dir()?;
+    let passfile = dir.join("pgpass");
+    let result = (|| {
+        pgswarm_sidecar::templates::write_private(
+            &passfile,
+            passfile_line(host, port, &common.superuser, password.expose()).as_bytes(),
+        )?;
+        let status = std::process::Command::new(bin_dir.join("psql"))
+            .args([
+                "-h",
+                host,
+                "-p",
+                &port.to_string(),
+                "-U",
+                &common.superuser,
+                "-d",
+                dbname,
+            ])
+            .args(args)
+            .env_clear()
+            .env("PGPASSFILE", &passfile)
+            .env("PGAPPNAME", "swarmctl-psql")
+            .envs(
+                [
+                    "TERM", "LANG", "LC_ALL", "HOME", "PAGER", "COLUMNS", "LINES",
+                ]
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
+            .status()
+            .with_context(|| format!("cannot start {}", bin_dir.join("psql").display()))?;
+        Ok::<i32, anyhow::Error>(status.code().unwrap_or(1))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// A new directory only this user can enter, for a passfile that lives as long as one psql.
+fn private_dir() -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    for attempt in 0..16u32 {
+        let dir = base.join(format!("pgswarm-psql-{}-{attempt}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+            }
+        }
+    }
+    Err(anyhow!(
+        "cannot create a private directory under {}",
+        base.display()
+    ))
 }
 
 /// A superuser connection to `host:port`, the password read from its secret file here.
@@ -215,4 +330,17 @@ async fn write_check(
         "server": server,
         "in_recovery": in_recovery,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passfile_fields_are_escaped() {
+        assert_eq!(
+            passfile_line("pg1", 5432, "postgres", "a:b\\c"),
+            "pg1:5432:*:postgres:a\\:b\\\\c\n"
+        );
+    }
 }

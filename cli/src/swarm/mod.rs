@@ -6,6 +6,7 @@
 //! owns on the swarm (stack, services, secrets, node labels, volumes) come from the same
 //! definitions the stack renderer uses.
 
+pub mod access;
 pub mod citus;
 pub mod constraints;
 pub mod deploy;

@@ -281,8 +281,10 @@ pub fn connection_help(cluster: &Cluster, node_addr: &str) -> String {
         "password of {superuser} (a Docker secret, generated; never printed by swarmctl):\n  \
          {}\n\
          status:  swarmctl status{}\n\
+         psql:    swarmctl psql{}\n\
          remove:  swarmctl down{}   (add --volumes to delete the data, --secrets the passwords)\n",
         secrets::read_command(cluster, Secret::SuperuserPassword, &member),
+        spec_hint(cluster),
         spec_hint(cluster),
         spec_hint(cluster),
     ));
