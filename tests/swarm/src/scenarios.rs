@@ -544,6 +544,136 @@ pub async fn ensure_single_primary(cluster: &PatroniCluster) -> Result<String> {
     Ok(writable.remove(0))
 }
 
+/// Commits a throw-away write through `endpoint` (router or pooler), retrying until it works
+/// or [`RECOVERY_TIMEOUT`] passes.
+async fn write_through(endpoint: &Endpoint, what: &str) -> Result<()> {
+    wait_until(
+        &format!("a write through {what}"),
+        RECOVERY_TIMEOUT,
+        || async {
+            let client = match endpoint.connect_once(Duration::from_secs(3)).await {
+                Ok(c) => c,
+                Err(e) => return Ok(Check::Pending(format!("{e:#}"))),
+            };
+            Ok(
+                match client
+                    .simple_query(
+                        "BEGIN; CREATE TEMP TABLE pgswarm_probe (i int) ON COMMIT DROP; \
+                     INSERT INTO pgswarm_probe VALUES (1); COMMIT",
+                    )
+                    .await
+                {
+                    Ok(_) => Check::Done,
+                    Err(e) => Check::Pending(e.to_string()),
+                },
+            )
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Replaces one task of each kind (a replica, an etcd member, the router, the pooler) with
+/// `docker service update --force`; after each, a write must go through the router and the
+/// pooler. Then `swarmctl switchover --to` every member in turn: each must be accepted (Patroni
+/// refuses a candidate it cannot reach, e.g. at a replaced task's stale address). Returns the
+/// replaced service keys.
+pub async fn replaced_tasks(cluster: &PatroniCluster) -> Result<Vec<String>> {
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let leader = cluster.leader().await?;
+    let replica = cluster
+        .members
+        .iter()
+        .find(|m| **m != leader)
+        .cloned()
+        .ok_or_else(|| anyhow!("no replica"))?;
+    let stack = &cluster.dep.stack;
+    let etcd = stack
+        .services()?
+        .into_iter()
+        .find(|s| s.env.mode() == Mode::Etcd)
+        .map(|s| s.key)
+        .ok_or_else(|| anyhow!("no etcd service in the stack"))?;
+    let router = stack.only_service(Mode::Router)?.key.clone();
+    let pooler = stack.only_service(Mode::Pooler)?.key.clone();
+    let kinds = vec![replica, etcd, router, pooler];
+    for key in &kinds {
+        let container = cluster
+            .dep
+            .container(key)
+            .await?
+            .ok_or_else(|| anyhow!("{key} has no running container"))?;
+        info!(service = %key, "docker service update --force");
+        docker_async(&[
+            "service",
+            "update",
+            "--force",
+            "--detach",
+            &cluster.dep.service_name(key),
+        ])
+        .await?;
+        wait_until(
+            &format!("{key} healthy in a new container"),
+            RECOVERY_TIMEOUT,
+            || async {
+                Ok(if replaced_and_healthy(cluster, key, &container).await? {
+                    Check::Done
+                } else {
+                    Check::Pending(format!("{key} not yet replaced and healthy"))
+                })
+            },
+        )
+        .await?;
+        cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+        write_through(&cluster.rw, &format!("the router after {key} was replaced")).await?;
+        write_through(
+            &cluster.pooler,
+            &format!("the pooler after {key} was replaced"),
+        )
+        .await?;
+    }
+    let spec = cluster.dep.spec_path();
+    for member in &cluster.members {
+        cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+        if cluster.leader().await? == *member {
+            continue;
+        }
+        info!(to = %member, "swarmctl switchover");
+        let out = tokio::process::Command::new(crate::image::swarmctl_path())
+            .arg("switchover")
+            .arg("-f")
+            .arg(&spec)
+            .arg("--to")
+            .arg(member)
+            .output()
+            .await
+            .context("cannot run swarmctl switchover")?;
+        ensure!(
+            out.status.success(),
+            "swarmctl switchover --to {member} failed after the tasks were replaced ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        wait_until(&format!("{member} leading"), RECOVERY_TIMEOUT, || async {
+            let list = cluster.list(None).await?;
+            Ok(if list.iter().any(|m| m.is_leader() && m.name == *member) {
+                Check::Done
+            } else {
+                Check::Pending(describe(&list))
+            })
+        })
+        .await?;
+        write_through(
+            &cluster.pooler,
+            &format!("the pooler with {member} leading"),
+        )
+        .await?;
+    }
+    ensure_single_primary(cluster).await?;
+    Ok(kinds)
+}
+
 /// Where a member's data directory is inside its container (the image's default data root).
 const MEMBER_PGDATA: &str = "/var/lib/pgswarm/pgdata";
 

@@ -93,6 +93,22 @@ async fn a_crashed_postmaster_is_restarted_in_place_without_losing_commits() -> 
     Ok(())
 }
 
+/// Each kind of task replaced (a replica, an etcd member, the router, the pooler): writes go
+/// through the router and the pooler again, and a switchover to every member is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_replaced_task_is_followed() -> anyhow::Result<()> {
+    init_logging();
+    let image = ensure_image()?;
+    let name = deployment::unique_name("e2erepl");
+    let spec = specs::patroni(&name, &image, true)?;
+    let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
+    let replaced = scenarios::replaced_tasks(&cluster).await?;
+    eprintln!(
+        "replaced {replaced:?}; writes through router and pooler; switchover to every member"
+    );
+    Ok(())
+}
+
 /// Scenario 4: `docker service update --force` on each data member in turn: writable apart
 /// from a gap, nothing lost, no member re-initialised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
