@@ -95,12 +95,14 @@ async fn a_crashed_postmaster_is_restarted_in_place_without_losing_commits() -> 
 
 /// Each kind of task replaced (a replica, an etcd member, the router, the pooler): writes go
 /// through the router and the pooler again, and a switchover to every member is accepted.
+/// Asynchronous mode, where every streaming replica is a valid switchover target (in
+/// synchronous mode only the synchronous standby is, and swarmctl names it instead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_replaced_task_is_followed() -> anyhow::Result<()> {
     init_logging();
     let image = ensure_image()?;
     let name = deployment::unique_name("e2erepl");
-    let spec = specs::patroni(&name, &image, true)?;
+    let spec = specs::patroni(&name, &image, false)?;
     let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
     let replaced = scenarios::replaced_tasks(&cluster).await?;
     eprintln!(
