@@ -880,23 +880,38 @@ async fn watch_postmaster(
         }
         watched = None;
         warn!(pid, "the postmaster died: waking Patroni to handle it now");
-        let answer = http::send_json(
-            "PATCH",
-            &rest_host,
-            rest_port,
-            "/config",
-            Some((&rest_user, &rest_password)),
-            r#"{"postgresql": {}}"#,
-            Duration::from_secs(3),
-        )
-        .await;
-        match answer {
-            Ok((200, _)) => info!("Patroni woken after the postmaster's death"),
-            Ok((code, body)) => {
-                warn!(code, body = %body.trim(), "Patroni did not take the wake-up")
+        // Patroni counts an unreaped (zombie) postmaster as running: wake it once the process
+        // is gone for good, and once more a second later if it has not started a new one.
+        for _ in 0..200 {
+            if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+                break;
             }
-            Err(e) => warn!(error = %format!("{e:#}"), "cannot wake Patroni"),
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        wake_patroni(&rest_host, rest_port, &rest_user, &rest_password).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if postmaster_pid(&pgdata) == Some(pid) {
+            wake_patroni(&rest_host, rest_port, &rest_user, &rest_password).await;
+        }
+    }
+}
+
+/// Wakes Patroni's HA loop: `PATCH /config` with a change that changes nothing.
+async fn wake_patroni(rest_host: &str, rest_port: u16, rest_user: &str, rest_password: &str) {
+    let answer = http::send_json(
+        "PATCH",
+        rest_host,
+        rest_port,
+        "/config",
+        Some((rest_user, rest_password)),
+        r#"{"postgresql": {}}"#,
+        Duration::from_secs(3),
+    )
+    .await;
+    match answer {
+        Ok((200, _)) => info!("Patroni woken after the postmaster's death"),
+        Ok((code, body)) => warn!(code, body = %body.trim(), "Patroni did not take the wake-up"),
+        Err(e) => warn!(error = %format!("{e:#}"), "cannot wake Patroni"),
     }
 }
 
