@@ -378,7 +378,17 @@ async fn a_dead_leaders_key_is_released_at_once_and_a_live_ones_never() {
     drop(reborn);
 
     // 3. The leader's container dies: its whole process tree killed at once.
-    let writer = connect_member(HOSTS[li], ports.pg).await.expect("leader");
+    let (leader, _) = settled(&HOSTS, ports.rest, 2).await;
+    let li = index_of(&leader);
+    let writer = eventually("a connection to the leader", || async {
+        let client = connect_member(HOSTS[li], ports.pg).await?;
+        match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+            Ok(row) if !row.get::<_, bool>(0) => Ok(client),
+            Ok(_) => Err(format!("{leader} is in recovery")),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
     writer
         .batch_execute("CREATE TABLE acked (n int primary key)")
         .await
