@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use pgswarm_contract::ctl::{QueryReply, Request, Target};
 use pgswarm_contract::{Mode, Role, Secret};
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -367,39 +368,16 @@ impl CitusCluster {
     /// Rows of `sql` run on member `key` itself (`ctl query` on 127.0.0.1 inside its
     /// container, database `citus`), every value as text.
     pub async fn query_on_member(&self, key: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
-        let port = self.pg_port.to_string();
-        let out = self
-            .dep
-            .exec(
-                key,
-                &[
-                    "pgswarm-sidecar",
-                    "ctl",
-                    "query",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port,
-                    "--dbname",
-                    DATABASE,
-                    "--sql",
-                    sql,
-                ],
-            )
-            .await?;
-        let value: Value = serde_json::from_str(out.trim())
-            .with_context(|| format!("{key}: `ctl query` printed no JSON: {out}"))?;
-        let rows = value["rows"]
-            .as_array()
-            .ok_or_else(|| anyhow!("{key}: `ctl query` printed no rows: {value}"))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .map(|cells| cells.iter().map(|c| c.as_str().map(String::from)).collect())
-                    .unwrap_or_default()
-            })
-            .collect())
+        let argv = Request::Query {
+            target: Target::new("127.0.0.1", self.pg_port).database(DATABASE),
+            sql: sql.to_string(),
+        }
+        .argv();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = self.dep.exec(key, &argv).await?;
+        let reply: QueryReply = serde_json::from_str(out.trim())
+            .with_context(|| format!("{key}: `ctl query` printed no reply: {}", out.trim()))?;
+        Ok(reply.rows)
     }
 }
 
