@@ -160,9 +160,13 @@ fn examples_match_their_seeds() {
     );
 }
 
-/// No stack may carry a password: only secret references.
+/// No stack may carry a password: only secret references. Names alone prove nothing (a value
+/// can hide under any name), so every service's environment must be exactly what the contract
+/// encodes for that member (nothing else can ride along), and every secret variable must hold
+/// a path under the secrets directory, never a value.
 #[test]
 fn committed_stacks_hold_no_password() {
+    use pgswarm_contract::{defaults, MemberEnv, Secret};
     let dir = common::repo_root().join("stacks");
     for entry in std::fs::read_dir(&dir).expect("stacks/").flatten() {
         let path = entry.path();
@@ -173,13 +177,36 @@ fn committed_stacks_hold_no_password() {
         let stack: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
         let services = stack["services"].as_mapping().expect("services");
         for (name, service) in services {
-            if let Some(env) = service["environment"].as_mapping() {
-                for (k, _) in env {
-                    let k = k.as_str().unwrap_or_default();
+            let mut env = std::collections::BTreeMap::new();
+            if let Some(map) = service["environment"].as_mapping() {
+                for (k, v) in map {
+                    let value = match v {
+                        serde_yaml::Value::String(s) => s.clone(),
+                        other => serde_yaml::to_string(other)
+                            .expect("a scalar")
+                            .trim()
+                            .into(),
+                    };
+                    env.insert(k.as_str().unwrap_or_default().to_string(), value);
+                }
+            }
+            let member = MemberEnv::from_lookup(|k| env.get(k).cloned())
+                .unwrap_or_else(|e| panic!("{}: {name:?}: {e}", path.display()));
+            let encoded: std::collections::BTreeMap<String, String> =
+                member.to_env().into_iter().collect();
+            assert_eq!(
+                encoded,
+                env,
+                "{}: {name:?} carries variables outside the contract",
+                path.display()
+            );
+            for secret in Secret::ALL {
+                if let Some(value) = env.get(secret.env_var()) {
                     assert!(
-                        !k.contains("PASSWORD") || k.ends_with("_FILE"),
-                        "{}: {name:?} has {k}",
-                        path.display()
+                        value.starts_with(&format!("{}/", defaults::SECRETS_DIR)),
+                        "{}: {name:?}: {} is not a secret file path",
+                        path.display(),
+                        secret.env_var()
                     );
                 }
             }
