@@ -87,15 +87,15 @@ fn every_committed_stack_has_its_spec() {
     }
 }
 
-/// What the seeds ask for, checked on the generated stacks themselves.
+/// What each example in `stacks/` is for, checked on the generated stacks themselves.
 #[test]
-fn examples_match_their_seeds() {
+fn examples_do_what_they_are_for() {
     let load = |name: &str| -> serde_yaml::Value {
         let path = common::repo_root().join("stacks").join(name);
         let text = std::fs::read_to_string(&path).expect("stack readable");
         serde_yaml::from_str(&text).expect("stack is YAML")
     };
-    // Seed 003: master and replica pinned by purpose labels, slot derived from the name.
+    // Replication example: master and replica pinned by purpose labels, slot derived from the name.
     let rep = load("replication.stack.yml");
     let master = &rep["services"]["pg-master"];
     assert_eq!(
@@ -111,7 +111,7 @@ fn examples_match_their_seeds() {
     assert_eq!(replica["environment"]["PGSWARM_PRIMARY_HOST"], "pg-master");
     assert_eq!(replica["environment"]["PGSWARM_SLOT"], "pg_replica");
 
-    // Seed 001: 3 members in synchronous mode, 3 etcd, transaction pooling.
+    // Patroni example: 3 members in synchronous mode, 3 etcd, transaction pooling.
     let ha = load("patroni.stack.yml");
     for pg in ["pg1", "pg2", "pg3"] {
         assert_eq!(
@@ -136,7 +136,7 @@ fn examples_match_their_seeds() {
         "pg1,pg2,pg3"
     );
 
-    // Seed 000: coordinator group of 3 behind the router, two worker groups of 2.
+    // Citus example: coordinator group of 3 behind the router, two worker groups of 2.
     let citus = load("citus.stack.yml");
     let router = &citus["services"]["router"]["environment"];
     assert_eq!(router["PGSWARM_ROUTER_MEMBERS"], "coord1,coord2,coord3");

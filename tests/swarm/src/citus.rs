@@ -1,6 +1,5 @@
-//! Scenario 5 (seeds 000 and 002): Patroni in Citus mode on a swarm. A coordinator group of
-//! three and two worker groups of two are deployed like any stack; then the seed 000
-//! walkthrough: `pg_dist_node` lists the coordinator and both worker groups (registered by
+//! Scenario 5: Patroni in Citus mode on a swarm. A coordinator group of three and two worker
+//! groups of two are deployed like any stack; then the Citus walkthrough: `pg_dist_node` lists the coordinator and both worker groups (registered by
 //! Patroni), a distributed `users` table with 1000 rows spread over both worker groups, a
 //! reference table readable on every group's primary; then the coordinator leader's container
 //! is killed, and a worker group leader's: a replica takes over, `pg_dist_node` follows, and
@@ -38,7 +37,7 @@ pub const CITUS_DEPLOY_TIMEOUT: Duration = Duration::from_secs(900);
 pub const CITUS_RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The distributed database of the spec.
 pub const DATABASE: &str = "citus";
-/// Rows of the seed's `users` table.
+/// Rows of the walkthrough's `users` table.
 pub const USERS: i64 = 1000;
 /// Rows of the reference table.
 const COUNTRIES: i64 = 3;
@@ -74,7 +73,7 @@ pub fn image_has_citus(image: &str) -> Result<bool> {
     }
 }
 
-/// Seed 000 on a one-node test swarm: coordinator group 0 (coord1..3, quorum commit, Patroni's
+/// The Citus walkthrough on a one-node test swarm: coordinator group 0 (coord1..3, quorum commit, Patroni's
 /// Citus default), worker groups 1 and 2 of two members each with one synchronous standby;
 /// the router's read-write and worker ports published on free host ports; no pooler (the patroni
 /// scenario covers PgBouncer in front of the router).
@@ -390,7 +389,7 @@ pub struct QueryCheck {
     pub primaries: BTreeMap<u32, String>,
 }
 
-/// The seed 000 queries, through the router's read-write port: `count(*)` of `users` is
+/// The walkthrough queries, through the router's read-write port: `count(*)` of `users` is
 /// `expected_users`, the shards' primary placements are on both worker groups and only there
 /// (counted through `pg_dist_placement`, since `citus_shards` lists secondaries too), and the
 /// reference table answers on every group's primary.
@@ -681,8 +680,8 @@ impl fmt::Display for CitusReport {
     }
 }
 
-/// The seed 000 walkthrough on a deployed cluster (see the module documentation).
-pub async fn seed_000(cluster: &CitusCluster) -> Result<CitusReport> {
+/// The Citus walkthrough on a deployed cluster (see the module documentation).
+pub async fn citus_walkthrough(cluster: &CitusCluster) -> Result<CitusReport> {
     cluster.wait_ready(CITUS_RECOVERY_TIMEOUT).await?;
     let leaders = cluster.leaders(None).await?;
     let client = cluster
@@ -702,7 +701,7 @@ pub async fn seed_000(cluster: &CitusCluster) -> Result<CitusReport> {
         "pg_dist_node lists {primaries:?}, Patroni's leaders are {leaders:?}"
     );
 
-    // One statement per transaction, as in the seed: Citus refuses some DDL (creating a
+    // One statement per transaction, one at a time: Citus refuses some DDL (creating a
     // reference table) after a parallel multi-shard write in the same transaction.
     let insert_users = format!(
         "INSERT INTO users (id, name, email) \
