@@ -116,6 +116,10 @@ enum Command {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: OutputFormat,
+        /// Show the status again every SECONDS (default 2) until Ctrl-C; with --output json,
+        /// one JSON object per line.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
     },
     /// Hand the Patroni leader over to another member (planned, no data loss).
     #[command(
@@ -423,6 +427,66 @@ fn load_cluster_or_default(file: Option<&Path>) -> Result<Cluster, Failure> {
     }
 }
 
+/// The status as a table or JSON (`compact`: one line, for --watch).
+fn status_text(
+    status: &swarm::status::ClusterStatus,
+    output: OutputFormat,
+    compact: bool,
+) -> anyhow::Result<String> {
+    Ok(match output {
+        OutputFormat::Table => swarm::status::render_table(status),
+        OutputFormat::Json if compact => {
+            let json = serde_json::to_string(status).context("cannot serialize the status")?;
+            format!("{json}\n")
+        }
+        OutputFormat::Json => {
+            let json =
+                serde_json::to_string_pretty(status).context("cannot serialize the status")?;
+            format!("{json}\n")
+        }
+    })
+}
+
+/// `status --watch`: the status every `seconds` until Ctrl-C. A failed read is shown and the
+/// next one tried: a cluster being failed over is exactly what one watches.
+async fn watch_status(
+    engine: &Engine,
+    cluster: &Cluster,
+    output: OutputFormat,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let clear = matches!(output, OutputFormat::Table) && std::io::stdout().is_terminal();
+    let every = Duration::from_secs(seconds.max(1));
+    loop {
+        let text = match swarm::status::read(engine, cluster).await {
+            Ok(status) => status_text(&status, output, true)?,
+            Err(e) if matches!(output, OutputFormat::Json) => {
+                format!("{}\n", serde_json::json!({ "error": format!("{e:#}") }))
+            }
+            Err(e) => format!("cannot read the status: {e:#}\n"),
+        };
+        let stamp = if matches!(output, OutputFormat::Table) {
+            format!(
+                "every {}s, Ctrl-C to stop; unix time {}\n",
+                every.as_secs(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            )
+        } else {
+            String::new()
+        };
+        let screen = if clear { "\x1b[2J\x1b[H" } else { "" };
+        write_stdout(&format!("{screen}{stamp}{text}"))?;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
 /// The commands that operate a swarm through the Docker API.
 async fn operate(command: Command) -> Result<(), Failure> {
     let mut progress = Progress::new();
@@ -497,17 +561,19 @@ async fn operate(command: Command) -> Result<(), Failure> {
                 ));
             }
         }
-        Command::Status { file, output } => {
+        Command::Status {
+            file,
+            output,
+            watch,
+        } => {
             let cluster = load_cluster_or_default(file.as_deref())?;
             let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
-            let status = swarm::status::read(&engine, &cluster).await?;
-            match output {
-                OutputFormat::Table => write_stdout(&swarm::status::render_table(&status))?,
-                OutputFormat::Json => {
-                    let json = serde_json::to_string_pretty(&status)
-                        .context("cannot serialize the status")?;
-                    write_stdout(&format!("{json}\n"))?;
+            match watch {
+                None => {
+                    let status = swarm::status::read(&engine, &cluster).await?;
+                    write_stdout(&status_text(&status, output, false)?)?;
                 }
+                Some(seconds) => watch_status(&engine, &cluster, output, seconds).await?,
             }
         }
         Command::Switchover { file, to, timeout } => {

@@ -513,6 +513,24 @@ fn up_then_down_leaves_no_service_behind() {
     let (logs, _) = c.run_ok(&["logs", "pg1", "--tail", "5"]);
     assert!(logs.contains(&format!("{name}_pg1")), "{logs}");
 
+    // status --watch: one JSON object per line, again and again, until stopped.
+    let mut watch = swarmctl()
+        .args(["status", "--watch", "1", "--output", "json", "-f"])
+        .arg(&c.spec)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("swarmctl status --watch runs");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        watch.stdout.take().expect("stdout"),
+    ));
+    for _ in 0..2 {
+        let line = lines.next().expect("a status line").expect("readable");
+        let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
+        assert_eq!(leaders(&v).len(), 1, "{v:#}");
+    }
+    watch.kill().expect("stops");
+    let _ = watch.wait();
+
     let (stdout, _) = c.run_ok(&["down", "--volumes", "--secrets"]);
     assert!(stdout.contains("8 service(s)"), "{stdout}");
     let filter = format!("label=com.docker.stack.namespace={name}");
