@@ -122,14 +122,23 @@ fn patroni_yml(service: &StackService) -> Json {
 }
 
 /// The `server` lines of one `listen` section of haproxy.cfg: (name, host:port).
+/// Whether `line` opens the proxy section `name` (`listen`, `frontend` or `backend`).
+fn opens_section(line: &str, name: &str) -> bool {
+    ["listen ", "frontend ", "backend "]
+        .iter()
+        .any(|kind| line.strip_prefix(kind).map(str::trim) == Some(name))
+}
+
 fn listen_servers(haproxy: &str, section: &str) -> Vec<(String, String)> {
-    let header = format!("listen {section}");
     let mut inside = false;
     let mut out = Vec::new();
     for line in haproxy.lines() {
         let trimmed = line.trim();
-        if line.starts_with("listen ") {
-            inside = trimmed == header;
+        if ["listen ", "frontend ", "backend "]
+            .iter()
+            .any(|kind| line.starts_with(kind))
+        {
+            inside = opens_section(line, section);
             continue;
         }
         if inside && !line.starts_with(' ') && !trimmed.is_empty() {
@@ -146,11 +155,9 @@ fn listen_servers(haproxy: &str, section: &str) -> Vec<(String, String)> {
 }
 
 fn listen_check(haproxy: &str, section: &str) -> Option<String> {
-    let header = format!("listen {section}");
-    let start = haproxy.find(&header)?;
-    haproxy[start..]
-        .lines()
-        .skip(1)
+    let mut lines = haproxy.lines();
+    lines.find(|l| opens_section(l, section))?;
+    lines
         .take_while(|l| l.starts_with(' '))
         .find(|l| l.contains("http-check send"))
         .map(|l| l.trim().to_string())
@@ -325,13 +332,22 @@ fn check_citus_stack(spec_text: &str, expected: &Expected) {
         Some("http-check send meth OPTIONS uri /primary")
     );
     assert_eq!(
-        hosts("ro"),
+        hosts("ro_replicas"),
         coordinators,
         "read-only goes to the coordinator's replicas"
     );
     assert_eq!(
-        listen_check(&haproxy, "ro").as_deref(),
+        listen_check(&haproxy, "ro_replicas").as_deref(),
         Some("http-check send meth OPTIONS uri /replica")
+    );
+    assert_eq!(
+        hosts("ro_primary"),
+        coordinators,
+        "read-only falls back to the coordinator's primary"
+    );
+    assert_eq!(
+        listen_check(&haproxy, "ro_primary").as_deref(),
+        Some("http-check send meth OPTIONS uri /primary")
     );
     match expected.worker_port {
         Some(port) => {

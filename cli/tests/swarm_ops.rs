@@ -510,8 +510,10 @@ fn up_then_down_leaves_no_service_behind() {
         Some(1),
         "psql's own exit code comes back"
     );
-    let (logs, _) = c.run_ok(&["logs", "pg1", "--tail", "5"]);
-    assert!(logs.contains(&format!("{name}_pg1")), "{logs}");
+    // The tasks' stdout and stderr stay apart, as in `docker service logs`.
+    let (out, err) = c.run_ok(&["logs", "pg1", "--tail", "5"]);
+    let logs = format!("{out}{err}");
+    assert!(logs.contains(&format!("{name}_pg1.1.")), "{logs}");
 
     // status --watch: one JSON object per line, again and again, until stopped.
     let mut watch = swarmctl()

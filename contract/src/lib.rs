@@ -112,6 +112,8 @@ pub mod env {
     pub const ROUTER_FALL: &str = "PGSWARM_ROUTER_FALL";
     /// Router checks passed before a server is marked up.
     pub const ROUTER_RISE: &str = "PGSWARM_ROUTER_RISE";
+    /// `false` turns off the read-only port's fallback to the primary when no replica is up.
+    pub const ROUTER_RO_FALLBACK: &str = "PGSWARM_ROUTER_RO_FALLBACK";
 
     /// Pooler: host it forwards to (the router's service name).
     pub const POOLER_TARGET_HOST: &str = "PGSWARM_POOLER_TARGET_HOST";
@@ -542,6 +544,8 @@ pub enum Role {
         check_interval_ms: u32,
         fall: u32,
         rise: u32,
+        /// The read-only port falls back to the primary while no replica is healthy.
+        ro_fallback: bool,
     },
     Pooler {
         target: Endpoint,
@@ -711,6 +715,7 @@ impl MemberEnv {
                 check_interval_ms,
                 fall,
                 rise,
+                ro_fallback,
             } => {
                 out.push((env::ROUTER_MEMBERS, join(members)));
                 if !worker_members.is_empty() {
@@ -726,6 +731,9 @@ impl MemberEnv {
                 out.push((env::ROUTER_CHECK_INTERVAL_MS, check_interval_ms.to_string()));
                 out.push((env::ROUTER_FALL, fall.to_string()));
                 out.push((env::ROUTER_RISE, rise.to_string()));
+                if !ro_fallback {
+                    out.push((env::ROUTER_RO_FALLBACK, "false".into()));
+                }
             }
             Role::Pooler {
                 target,
@@ -915,6 +923,7 @@ impl MemberEnv {
                     )?,
                     fall: r.parsed(env::ROUTER_FALL, defaults::ROUTER_FALL)?,
                     rise: r.parsed(env::ROUTER_RISE, defaults::ROUTER_RISE)?,
+                    ro_fallback: r.parsed(env::ROUTER_RO_FALLBACK, true)?,
                 }
             }
             Mode::Pooler => Role::Pooler {
@@ -1054,6 +1063,7 @@ mod tests {
                 check_interval_ms: 1000,
                 fall: 2,
                 rise: 1,
+                ro_fallback: false,
             },
             Role::Pooler {
                 target: Endpoint {

@@ -81,6 +81,8 @@ pub struct RouterConfig {
     pub check_timeout_ms: u32,
     pub fall: u32,
     pub rise: u32,
+    /// The read-only port goes to the primary while no replica passes its check.
+    pub ro_fallback: bool,
     pub maxconn: u32,
     pub hard_stop_after_s: u32,
 }
@@ -121,6 +123,7 @@ impl RouterConfig {
             check_interval_ms,
             fall,
             rise,
+            ro_fallback,
         } = role
         else {
             return None;
@@ -175,6 +178,7 @@ impl RouterConfig {
                 check_timeout_ms: (*check_interval_ms).clamp(200, 2000),
                 fall: *fall,
                 rise: *rise,
+                ro_fallback: *ro_fallback,
                 maxconn: 4096,
                 hard_stop_after_s: HARD_STOP_AFTER_S,
             })
@@ -268,6 +272,7 @@ mod tests {
             check_interval_ms: 1000,
             fall: 2,
             rise: 1,
+            ro_fallback: true,
         }
     }
 
@@ -277,19 +282,24 @@ mod tests {
             .expect("valid")
     }
 
-    fn section<'a>(text: &'a str, name: &str) -> &'a str {
+    /// The proxy section `header` (`listen rw`, `backend ro_replicas` ...) up to the next one.
+    fn section<'a>(text: &'a str, header: &str) -> &'a str {
         let start = text
-            .find(&format!("\nlisten {name}\n"))
-            .unwrap_or_else(|| panic!("no listen {name} in\n{text}"));
+            .find(&format!("\n{header}\n"))
+            .unwrap_or_else(|| panic!("no {header} in\n{text}"));
         let rest = &text[start + 1..];
-        let end = rest[1..].find("\nlisten ").map_or(rest.len(), |e| e + 1);
+        let end = ["\nlisten ", "\nfrontend ", "\nbackend "]
+            .iter()
+            .filter_map(|h| rest[1..].find(h).map(|e| e + 1))
+            .min()
+            .unwrap_or(rest.len());
         &rest[..end]
     }
 
     #[test]
     fn read_write_goes_to_primary_and_read_only_to_replicas() {
         let text = render(&Templates::default(), &config(&role())).unwrap();
-        let rw = section(&text, "rw");
+        let rw = section(&text, "listen rw");
         assert!(rw.contains("bind :5000"), "{rw}");
         assert!(
             rw.contains("http-check send meth OPTIONS uri /primary"),
@@ -302,11 +312,36 @@ mod tests {
                 "{rw}"
             );
         }
-        let ro = section(&text, "ro");
-        assert!(ro.contains("bind :5001"), "{ro}");
+        let front = section(&text, "frontend ro");
+        assert!(front.contains("bind :5001"), "{front}");
+        assert!(
+            front.contains("use_backend ro_replicas if { nbsrv(ro_replicas) gt 0 }"),
+            "{front}"
+        );
+        assert!(front.contains("default_backend ro_primary"), "{front}");
+        let ro = section(&text, "backend ro_replicas");
         assert!(ro.contains("uri /replica"), "{ro}");
         assert!(ro.contains("server pg2 pg2:5432 check port 8008"), "{ro}");
+        let fallback = section(&text, "backend ro_primary");
+        assert!(fallback.contains("uri /primary"), "{fallback}");
+        assert!(
+            fallback.contains("server pg2 pg2:5432 check port 8008"),
+            "{fallback}"
+        );
         assert!(!text.contains("listen workers"), "{text}");
+    }
+
+    #[test]
+    fn read_only_fallback_can_be_turned_off() {
+        let mut r = role();
+        if let Role::Router { ro_fallback, .. } = &mut r {
+            *ro_fallback = false;
+        }
+        let text = render(&Templates::default(), &config(&r)).unwrap();
+        let ro = section(&text, "listen ro");
+        assert!(ro.contains("bind :5001"), "{ro}");
+        assert!(ro.contains("uri /replica"), "{ro}");
+        assert!(!text.contains("ro_primary"), "{text}");
     }
 
     #[test]
@@ -370,7 +405,7 @@ mod tests {
         let c = config(&r);
         assert_eq!(c.listen_ports(), vec![5000, 5001, 5002]);
         let text = render(&Templates::default(), &c).unwrap();
-        let workers = section(&text, "workers");
+        let workers = section(&text, "listen workers");
         assert!(workers.contains("bind :5002"), "{workers}");
         assert!(workers.contains("uri /primary"), "{workers}");
         assert!(
@@ -378,7 +413,7 @@ mod tests {
             "{workers}"
         );
         // The coordinator members stay on the read-write port, the workers only here.
-        assert!(!section(&text, "rw").contains("w1a"));
+        assert!(!section(&text, "listen rw").contains("w1a"));
     }
 
     #[test]

@@ -132,6 +132,7 @@ fn router_env(dir: &TestDir, ports: &Ports) -> MemberEnv {
             check_interval_ms: 500,
             fall: 2,
             rise: 1,
+            ro_fallback: true,
         },
     }
 }
@@ -508,6 +509,28 @@ async fn three_patroni_members_behind_router_and_pooler_fail_over_on_sigterm() {
          (router checks every 500 ms, rise 1)",
         stop_sent.elapsed().as_secs_f64()
     );
+
+    // With every replica gone, the read-only port answers from the primary (the router's
+    // read-only fallback) instead of refusing.
+    for (i, host) in HOSTS.iter().enumerate() {
+        if *host != new_leader && patroni[i].code.is_none() {
+            let code = patroni[i].stop();
+            assert_eq!(code, 0, "{} stops cleanly", patroni[i].name);
+        }
+    }
+    eventually("the read-only port to fall back to the primary", || async {
+        let c = connect(ports.ro, "postgres", SUPERUSER_PASSWORD).await?;
+        let recovery = simple_value(&c, "SELECT pg_is_in_recovery()").await?;
+        let addr = simple_value(&c, "SELECT host(inet_server_addr())").await?;
+        if recovery == "f" && addr == new_leader {
+            Ok(())
+        } else {
+            Err(format!(
+                "read-only port reached {addr}, in recovery: {recovery}"
+            ))
+        }
+    })
+    .await;
 
     for sidecar in patroni.iter_mut() {
         if sidecar.code.is_none() {

@@ -241,6 +241,7 @@ fn a_router_with_clashing_ports_is_refused() {
             check_interval_ms: 1000,
             fall: 2,
             rise: 1,
+            ro_fallback: true,
         },
     };
     let (code, log) = run_to_end(&dir, &member);
@@ -267,6 +268,7 @@ fn a_router_starts_while_its_members_are_away() {
             check_interval_ms: 1000,
             fall: 2,
             rise: 1,
+            ro_fallback: true,
         },
     };
     let mut router = Sidecar::run(&dir, &member);

@@ -151,6 +151,9 @@ pub struct RawRouter {
     pub fall: Option<u32>,
     #[serde(default)]
     pub rise: Option<u32>,
+    /// The read-only port goes to the primary while no replica is healthy (default true).
+    #[serde(default)]
+    pub read_only_fallback: Option<bool>,
     #[serde(default)]
     pub placement: Option<RawPlacement>,
     #[serde(default)]

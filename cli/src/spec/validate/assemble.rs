@@ -380,6 +380,7 @@ pub(super) fn router_service(
                 check_interval_ms,
                 fall,
                 rise,
+                ro_fallback: r.read_only_fallback.unwrap_or(true),
             },
         },
         placement: stateless_placement(ctx, shared, r.placement.as_ref(), &path),
