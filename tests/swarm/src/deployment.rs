@@ -17,7 +17,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use pgswarm_contract::{defaults, Mode, Secret};
 use tracing::{info, warn};
 
-use crate::docker::{docker, docker_all_output, docker_async, docker_with_stdin, lines};
+use crate::docker::{
+    docker, docker_all_output, docker_async, docker_each_node, docker_each_node_async,
+    docker_with_stdin, lines, ps_all_nodes,
+};
 use crate::image::{ensure_image, swarmctl_path};
 use crate::secrets::{Password, SecretSet};
 use crate::stack::Stack;
@@ -108,7 +111,7 @@ pub fn sweep_leftovers(node_id: &str) -> Result<()> {
             added_labels: labels
                 .keys()
                 .filter(|k| k.starts_with(&format!("pgswarm.{name}.")))
-                .cloned()
+                .map(|k| (node_id.to_string(), k.clone()))
                 .collect(),
             node_id: node_id.to_string(),
             dir: std::env::temp_dir().join(format!("pgswarm-e2e-{name}")),
@@ -138,7 +141,8 @@ pub struct Deployment {
     pub deployed_at: Instant,
     secrets: SecretSet,
     created_secrets: Vec<String>,
-    added_labels: Vec<String>,
+    /// (node id, label key) of every node label this deployment added.
+    added_labels: Vec<(String, String)>,
     node_id: String,
     dir: PathBuf,
     stack_deployed: bool,
@@ -228,9 +232,10 @@ impl Deployment {
         Ok(())
     }
 
-    /// Puts the labels the placement constraints need on this node: with
-    /// `swarmctl label-nodes` when it exists, else with `docker node update`. Labels the node
-    /// already had are left alone at teardown.
+    /// Puts the labels the placement constraints need on the swarm's nodes: with
+    /// `swarmctl label-nodes` (which spreads the members over the nodes there are), else on
+    /// this node with `docker node update`. Labels the nodes already had are left alone at
+    /// teardown.
     fn label_node(&mut self, spec_path: &std::path::Path) -> Result<()> {
         let wanted = self.stack.node_labels()?;
         let existing = self.node_label_keys()?;
@@ -241,9 +246,6 @@ impl Deployment {
             .map(|o| o.status.success())
             .unwrap_or(false);
         for (key, value) in &wanted {
-            if !existing.contains(key) {
-                self.added_labels.push(key.clone());
-            }
             if !via_swarmctl {
                 docker(&[
                     "node",
@@ -256,24 +258,42 @@ impl Deployment {
         }
         let now = self.node_label_keys()?;
         for (key, _) in &wanted {
-            if !now.contains(key) {
-                bail!("node label {key} is missing after labelling the node");
+            if !now.iter().any(|(_, k)| k == key) {
+                bail!("node label {key} is missing on every node after labelling the nodes");
+            }
+        }
+        for label in now {
+            if !existing.contains(&label) && wanted.iter().any(|(k, _)| *k == label.1) {
+                self.added_labels.push(label);
             }
         }
         Ok(())
     }
 
-    fn node_label_keys(&self) -> Result<Vec<String>> {
-        let json = docker(&[
-            "node",
-            "inspect",
-            "--format",
-            "{{json .Spec.Labels}}",
-            &self.node_id,
-        ])?;
-        let labels: BTreeMap<String, String> =
-            serde_json::from_str(json.trim()).unwrap_or_default();
-        Ok(labels.into_keys().collect())
+    /// (node id, label key) of every label on every node of the swarm.
+    fn node_label_keys(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for node in lines(&docker(&["node", "ls", "-q"])?) {
+            let json = docker(&[
+                "node",
+                "inspect",
+                "--format",
+                "{{json .Spec.Labels}}",
+                &node,
+            ])?;
+            let labels: BTreeMap<String, String> =
+                serde_json::from_str(json.trim()).unwrap_or_default();
+            out.extend(labels.into_keys().map(|k| (node.clone(), k)));
+        }
+        Ok(out)
+    }
+
+    /// The node each member label of this deployment is on: (label key, node id).
+    pub fn label_nodes(&self) -> Vec<(String, String)> {
+        self.added_labels
+            .iter()
+            .map(|(node, key)| (key.clone(), node.clone()))
+            .collect()
     }
 
     fn create_secrets(&mut self) -> Result<()> {
@@ -322,9 +342,9 @@ impl Deployment {
     }
 
     /// The running container of service `key`, if any (the newest when two overlap).
+    /// On a multi-node swarm every node's engine is asked.
     pub async fn container(&self, key: &str) -> Result<Option<String>> {
-        let out = docker_async(&[
-            "ps",
+        let ids = ps_all_nodes(&[
             "-q",
             "--filter",
             &format!("label={SERVICE_LABEL}={}", self.service_name(key)),
@@ -332,7 +352,7 @@ impl Deployment {
             "status=running",
         ])
         .await?;
-        Ok(lines(&out).into_iter().next())
+        Ok(ids.into_iter().next())
     }
 
     /// The running container of `key`, waiting for one up to `timeout`.
@@ -382,7 +402,7 @@ impl Deployment {
         let mut last_log = Instant::now();
         let mut failed_tasks: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         loop {
-            let out = docker_async(&[
+            let out = docker_each_node_async(&[
                 "ps",
                 "--filter",
                 &format!("label={NAMESPACE_LABEL}={}", self.name),
@@ -535,9 +555,7 @@ impl Deployment {
             // Volumes and networks can go only once the stack's containers are gone.
             let deadline = Instant::now() + Duration::from_secs(180);
             loop {
-                let containers = docker(&["ps", "-aq", "--filter", &filter])
-                    .map(|o| lines(&o))
-                    .unwrap_or_default();
+                let containers = docker_each_node(&["ps", "-aq", "--filter", &filter]);
                 let services = docker(&["service", "ls", "-q", "--filter", &filter])
                     .map(|o| lines(&o))
                     .unwrap_or_default();
@@ -555,14 +573,18 @@ impl Deployment {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let volumes = docker(&["volume", "ls", "-q", "--filter", &filter])
-                .map(|o| lines(&o))
-                .unwrap_or_default();
+            // Each node holds the volumes of the members that ran there.
+            let volumes = docker_each_node(&["volume", "ls", "-q", "--filter", &filter]);
             let networks = docker(&["network", "ls", "-q", "--filter", &filter])
                 .map(|o| lines(&o))
                 .unwrap_or_default();
-            for volume in &volumes {
-                let _ = docker(&["volume", "rm", volume]);
+            for (host, volume) in &volumes {
+                let mut args: Vec<&str> = Vec::new();
+                if let Some(h) = host.as_deref() {
+                    args.extend(["-H", h]);
+                }
+                args.extend(["volume", "rm", volume.as_str()]);
+                let _ = docker(&args);
             }
             for network in &networks {
                 let _ = docker(&["network", "rm", network]);
@@ -581,8 +603,8 @@ impl Deployment {
                 warn!(secret = %secret, error = %format!("{e:#}"), "docker secret rm failed");
             }
         }
-        for key in std::mem::take(&mut self.added_labels) {
-            if let Err(e) = docker(&["node", "update", "--label-rm", &key, &self.node_id]) {
+        for (node, key) in std::mem::take(&mut self.added_labels) {
+            if let Err(e) = docker(&["node", "update", "--label-rm", &key, &node]) {
                 warn!(label = %key, error = %format!("{e:#}"), "removing a node label failed");
             }
         }

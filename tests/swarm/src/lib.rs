@@ -11,6 +11,7 @@ pub mod citus;
 pub mod deployment;
 pub mod docker;
 pub mod image;
+pub mod multinode;
 pub mod patroni;
 pub mod pg;
 pub mod probe;
@@ -20,6 +21,7 @@ pub mod secrets;
 pub mod specs;
 pub mod stack;
 pub mod swarm;
+pub mod testbed;
 
 pub use deployment::Deployment;
 

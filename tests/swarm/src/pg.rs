@@ -1,5 +1,6 @@
 //! PostgreSQL clients for the scenarios: tokio-postgres over the ports the test host publishes.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -8,9 +9,29 @@ use tracing::debug;
 
 use crate::secrets::Password;
 
+/// Addresses on which host-mode published ports are reached: set once on a multi-node swarm
+/// (every node's address), else `127.0.0.1`.
+static DEFAULT_HOSTS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Makes every [`Endpoint`] created from now on try `hosts` (a multi-node swarm's nodes).
+pub fn set_default_hosts(hosts: Vec<String>) {
+    let _ = DEFAULT_HOSTS.set(hosts);
+}
+
+fn default_hosts() -> Vec<String> {
+    match DEFAULT_HOSTS.get() {
+        Some(hosts) if !hosts.is_empty() => hosts.clone(),
+        _ => vec!["127.0.0.1".into()],
+    }
+}
+
 /// How to reach one endpoint (a member, the router, the pooler) from the test host.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// Addresses that may publish the port: `127.0.0.1` on a one-node swarm; on a multi-node
+    /// swarm every node's address, since a service published in host mode answers only on the
+    /// node that runs it, and moves when that node dies.
+    pub hosts: Vec<String>,
     pub port: u16,
     pub user: String,
     pub password: Password,
@@ -20,6 +41,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(port: u16, user: &str, password: Password) -> Endpoint {
         Endpoint {
+            hosts: default_hosts(),
             port,
             user: user.to_string(),
             password,
@@ -27,10 +49,23 @@ impl Endpoint {
         }
     }
 
-    fn config(&self, connect_timeout: Duration) -> Config {
+    /// The same endpoint, published on any of `hosts`.
+    pub fn on_hosts(mut self, hosts: Vec<String>) -> Endpoint {
+        if !hosts.is_empty() {
+            self.hosts = hosts;
+        }
+        self
+    }
+
+    /// The same endpoint on one address only (e.g. a member's own node).
+    pub fn on_host(self, host: &str) -> Endpoint {
+        self.on_hosts(vec![host.to_string()])
+    }
+
+    fn config(&self, host: &str, connect_timeout: Duration) -> Config {
         let mut config = Config::new();
         config
-            .host("127.0.0.1")
+            .host(host)
             .port(self.port)
             .user(&self.user)
             .password(self.password.expose())
@@ -40,19 +75,35 @@ impl Endpoint {
         config
     }
 
-    /// One connection attempt, bounded by `timeout` (the TCP connect and the handshake).
+    /// One connection attempt, bounded by `timeout` (the TCP connect and the handshake); with
+    /// several hosts, one attempt to each at once, and the first that answers wins.
     pub async fn connect_once(&self, timeout: Duration) -> Result<Client> {
-        let (client, connection) =
-            tokio::time::timeout(timeout, self.config(timeout).connect(NoTls))
-                .await
-                .with_context(|| format!("connecting to 127.0.0.1:{} timed out", self.port))?
-                .with_context(|| format!("cannot connect to 127.0.0.1:{}", self.port))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "connection ended");
+        let mut attempts = tokio::task::JoinSet::new();
+        for host in &self.hosts {
+            let config = self.config(host, timeout);
+            let (host, port) = (host.clone(), self.port);
+            attempts.spawn(async move {
+                let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+                    .await
+                    .with_context(|| format!("connecting to {host}:{port} timed out"))?
+                    .with_context(|| format!("cannot connect to {host}:{port}"))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        debug!(error = %e, "connection ended");
+                    }
+                });
+                Ok::<Client, anyhow::Error>(client)
+            });
+        }
+        let mut last = anyhow::anyhow!("no address to connect to");
+        while let Some(joined) = attempts.join_next().await {
+            match joined {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(e)) => last = e,
+                Err(e) => last = anyhow::Error::from(e),
             }
-        });
-        Ok(client)
+        }
+        Err(last)
     }
 
     /// Connects, retrying until `timeout`: for endpoints that are still starting.

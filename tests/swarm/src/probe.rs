@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -108,6 +108,8 @@ impl ProbeLog {
 /// A running probe.
 pub struct WriteProbe {
     stop: Arc<AtomicBool>,
+    /// When the last commit was acknowledged, readable while the probe runs.
+    last_ack: Arc<Mutex<Option<Instant>>>,
     task: JoinHandle<ProbeLog>,
 }
 
@@ -124,8 +126,24 @@ impl WriteProbe {
             .with_context(|| format!("cannot create {table}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let insert = format!("INSERT INTO {table} (id) VALUES ($1)");
-        let task = tokio::spawn(run(endpoint, insert, Some(client), stop.clone()));
-        Ok(WriteProbe { stop, task })
+        let last_ack = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(run(
+            endpoint,
+            insert,
+            Some(client),
+            stop.clone(),
+            last_ack.clone(),
+        ));
+        Ok(WriteProbe {
+            stop,
+            last_ack,
+            task,
+        })
+    }
+
+    /// When the last commit was acknowledged, if any was.
+    pub async fn last_ack(&self) -> Option<Instant> {
+        self.last_ack.lock().ok().and_then(|l| *l)
     }
 
     /// Stops writing and returns the log.
@@ -140,6 +158,7 @@ async fn run(
     insert: String,
     mut client: Option<Client>,
     stop: Arc<AtomicBool>,
+    last_ack: Arc<Mutex<Option<Instant>>>,
 ) -> ProbeLog {
     let mut log = ProbeLog::default();
     let mut ticker = tokio::time::interval(WRITE_INTERVAL);
@@ -161,10 +180,11 @@ async fn run(
         next_id += 1;
         match tokio::time::timeout(STATEMENT_DEADLINE, c.execute(insert.as_str(), &[&id])).await {
             Ok(Ok(_)) => {
-                log.acks.push(Ack {
-                    id,
-                    at: Instant::now(),
-                });
+                let at = Instant::now();
+                log.acks.push(Ack { id, at });
+                if let Ok(mut last) = last_ack.lock() {
+                    *last = Some(at);
+                }
                 client = Some(c);
             }
             Ok(Err(e)) => {

@@ -23,7 +23,7 @@ pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Deadline for a cluster to settle after a disruption.
 pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Writes recorded before a disruption, so the probe's baseline is visible.
-const BASELINE: Duration = Duration::from_secs(3);
+pub const BASELINE: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------------------------
 // 1. replication (primary and streaming replica)
@@ -331,7 +331,7 @@ pub async fn identities(cluster: &PatroniCluster) -> Result<BTreeMap<String, Dat
 }
 
 /// Fails when a member's data directory was replaced or its system identifier changed.
-async fn ensure_not_reinitialised(
+pub async fn ensure_not_reinitialised(
     cluster: &PatroniCluster,
     before: &BTreeMap<String, DataIdentity>,
 ) -> Result<()> {
@@ -356,7 +356,7 @@ async fn ensure_not_reinitialised(
 
 /// True when member `key` runs in a container other than `old` that Docker reports healthy
 /// (for a Patroni member: Patroni's REST API answers and PostgreSQL runs).
-async fn replaced_and_healthy(cluster: &PatroniCluster, key: &str, old: &str) -> Result<bool> {
+pub async fn replaced_and_healthy(cluster: &PatroniCluster, key: &str, old: &str) -> Result<bool> {
     match cluster.dep.container(key).await? {
         Some(current) if current != old => Ok(cluster.dep.health(&current).await? == "healthy"),
         _ => Ok(false),

@@ -10,7 +10,11 @@
 //!       --scenario failover --scenario switchover --trials 5 --output json
 //!
 //! Scenarios on a single-node swarm: `failover` (`docker kill` of the leader's container),
-//! `switchover` (`patronictl switchover`).
+//! `switchover` (`patronictl switchover`). With `--nodes 3`, on the bed of
+//! `scripts/testbed.sh up 3` (the image put on it with `scripts/testbed.sh image TAG`):
+//! `node-loss`, `partition`, `freeze`, `drain`, `router-node-loss` (see
+//! `pgswarm_swarm_tests::multinode`); `acked_after_cut` counts the commits the cut-off primary
+//! acknowledged after the cut.
 
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
@@ -28,6 +32,16 @@ enum Scenario {
     Failover,
     /// A planned switchover to another member.
     Switchover,
+    /// Multi-node: every process of the leader's node SIGKILLed, then the node restarted.
+    NodeLoss,
+    /// Multi-node: the leader's node cut off (processes alive), then reconnected.
+    Partition,
+    /// Multi-node: the leader's node frozen (cgroup freezer), then thawed.
+    Freeze,
+    /// Multi-node: the leader's node drained, then active again.
+    Drain,
+    /// Multi-node: the node of the router powered off, then restarted.
+    RouterNodeLoss,
 }
 
 impl Scenario {
@@ -35,7 +49,17 @@ impl Scenario {
         match self {
             Scenario::Failover => "failover",
             Scenario::Switchover => "switchover",
+            Scenario::NodeLoss => "node-loss",
+            Scenario::Partition => "partition",
+            Scenario::Freeze => "freeze",
+            Scenario::Drain => "drain",
+            Scenario::RouterNodeLoss => "router-node-loss",
         }
+    }
+
+    /// Whether the scenario needs a multi-node swarm.
+    fn multinode(self) -> bool {
+        pgswarm_swarm_tests::multinode::SCENARIOS.contains(&self.name())
     }
 }
 
@@ -54,7 +78,8 @@ struct Args {
     /// A scenario to run (repeatable); default: failover and switchover.
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<Scenario>,
-    /// Nodes of the swarm (1: this engine's single-node swarm).
+    /// Nodes of the swarm (1: this engine's single-node swarm; more: the test bed of
+    /// `scripts/testbed.sh up N`, which must be up with the image on it).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
     /// Deployments to time (each one deploy, wait for health, teardown); trials run on the
@@ -71,21 +96,62 @@ struct Args {
 }
 
 async fn run(args: Args) -> Result<()> {
-    if args.nodes != 1 {
-        bail!(
-            "--nodes {}: this build measures on a single-node swarm only (--nodes 1)",
-            args.nodes
-        );
-    }
-    let swarm = Swarm::ensure()?;
-    let result = measure(&args).await;
-    swarm.leave_if_created()?;
-    let report = result?;
+    let (report, failures) = if args.nodes > 1 {
+        measure_multinode(&args).await?
+    } else {
+        if let Some(s) = args.scenarios.iter().find(|s| s.multinode()) {
+            bail!(
+                "--scenario {} needs several nodes: bring the test bed up (scripts/testbed.sh up \
+                 3; scripts/testbed.sh image TAG) and pass --nodes 3",
+                s.name()
+            );
+        }
+        let swarm = Swarm::ensure()?;
+        let result = measure(&args).await;
+        swarm.leave_if_created()?;
+        (result?, Vec::new())
+    };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string(&report)?),
         Output::Text => println!("{report}"),
     }
+    if !failures.is_empty() {
+        bail!(
+            "{} trial(s) failed (the report covers the others):\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
     Ok(())
+}
+
+/// The multi-node scenarios on the test bed (`--nodes N`, N > 1).
+async fn measure_multinode(args: &Args) -> Result<(BenchReport, Vec<String>)> {
+    let bed = pgswarm_swarm_tests::testbed::Testbed::read()?;
+    if bed.nodes.len() != args.nodes {
+        bail!(
+            "--nodes {}: the test bed that is up has {} nodes (scripts/testbed.sh down; \
+             scripts/testbed.sh up {})",
+            args.nodes,
+            bed.nodes.len(),
+            args.nodes
+        );
+    }
+    let chosen: Vec<&str> = if args.scenarios.is_empty() {
+        vec!["node-loss", "partition"]
+    } else {
+        args.scenarios.iter().map(|s| s.name()).collect()
+    };
+    if let Some(s) = args.scenarios.iter().find(|s| !s.multinode()) {
+        bail!(
+            "--scenario {} runs on a single-node swarm (--nodes 1); with --nodes {} choose from: \
+             {}",
+            s.name(),
+            args.nodes,
+            pgswarm_swarm_tests::multinode::SCENARIOS.join(", ")
+        );
+    }
+    pgswarm_swarm_tests::multinode::bench(&chosen, args.trials, args.asynchronous).await
 }
 
 async fn trial(
@@ -96,6 +162,7 @@ async fn trial(
     match scenario {
         Scenario::Failover => scenarios::failover(cluster, table).await,
         Scenario::Switchover => scenarios::switchover(cluster, table).await,
+        other => bail!("--scenario {} needs --nodes 3", other.name()),
     }
 }
 
