@@ -643,7 +643,9 @@ async fn operate(command: Command) -> Result<(), Failure> {
                 }
             };
             if let Some(image) = image {
-                cluster.image = image;
+                cluster = cluster
+                    .with_image(image)
+                    .map_err(|why| anyhow::anyhow!("--image: {why}"))?;
             }
             let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
             swarm::up::up(

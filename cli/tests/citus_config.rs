@@ -387,7 +387,7 @@ fn groups(pairs: &[(&'static str, u32)]) -> BTreeMap<&'static str, u32> {
 }
 
 #[test]
-fn the_seed_000_example_configures_every_member_for_patronis_citus_mode() {
+fn the_citus_example_configures_every_member_for_patronis_citus_mode() {
     let path = common::repo_root().join("stacks/citus.spec.yml");
     let text = std::fs::read_to_string(&path).expect("stacks/citus.spec.yml");
     check_citus_stack(

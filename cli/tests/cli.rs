@@ -214,3 +214,13 @@ fn help_shows_examples_and_exit_codes() {
     let out = swarmctl(&["generate", "--help"], None);
     assert!(text(&out.stdout).contains("swarmctl generate -f demo.yml -o demo.stack.yml"));
 }
+
+#[test]
+fn up_checks_an_image_override_with_the_specs_rule_before_touching_docker() {
+    // Refused before any connection to a daemon: the validated cluster is not changed
+    // behind its rules' back.
+    let out = swarmctl(&["up", "--image", "Not An Image"], None);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("--image") && err.contains("spaces"), "{err}");
+}

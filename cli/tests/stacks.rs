@@ -87,15 +87,15 @@ fn every_committed_stack_has_its_spec() {
     }
 }
 
-/// What the seeds ask for, checked on the generated stacks themselves.
+/// What each example in `stacks/` is for, checked on the generated stacks themselves.
 #[test]
-fn examples_match_their_seeds() {
+fn examples_do_what_they_are_for() {
     let load = |name: &str| -> serde_yaml::Value {
         let path = common::repo_root().join("stacks").join(name);
         let text = std::fs::read_to_string(&path).expect("stack readable");
         serde_yaml::from_str(&text).expect("stack is YAML")
     };
-    // Seed 003: master and replica pinned by purpose labels, slot derived from the name.
+    // Replication example: master and replica pinned by purpose labels, slot derived from the name.
     let rep = load("replication.stack.yml");
     let master = &rep["services"]["pg-master"];
     assert_eq!(
@@ -111,7 +111,7 @@ fn examples_match_their_seeds() {
     assert_eq!(replica["environment"]["PGSWARM_PRIMARY_HOST"], "pg-master");
     assert_eq!(replica["environment"]["PGSWARM_SLOT"], "pg_replica");
 
-    // Seed 001: 3 members in synchronous mode, 3 etcd, transaction pooling.
+    // Patroni example: 3 members in synchronous mode, 3 etcd, transaction pooling.
     let ha = load("patroni.stack.yml");
     for pg in ["pg1", "pg2", "pg3"] {
         assert_eq!(
@@ -136,7 +136,7 @@ fn examples_match_their_seeds() {
         "pg1,pg2,pg3"
     );
 
-    // Seed 000: coordinator group of 3 behind the router, two worker groups of 2.
+    // Citus example: coordinator group of 3 behind the router, two worker groups of 2.
     let citus = load("citus.stack.yml");
     let router = &citus["services"]["router"]["environment"];
     assert_eq!(router["PGSWARM_ROUTER_MEMBERS"], "coord1,coord2,coord3");
@@ -160,9 +160,13 @@ fn examples_match_their_seeds() {
     );
 }
 
-/// No stack may carry a password: only secret references.
+/// No stack may carry a password: only secret references. Names alone prove nothing (a value
+/// can hide under any name), so every service's environment must be exactly what the contract
+/// encodes for that member (nothing else can ride along), and every secret variable must hold
+/// a path under the secrets directory, never a value.
 #[test]
 fn committed_stacks_hold_no_password() {
+    use pgswarm_contract::{defaults, MemberEnv, Secret};
     let dir = common::repo_root().join("stacks");
     for entry in std::fs::read_dir(&dir).expect("stacks/").flatten() {
         let path = entry.path();
@@ -173,13 +177,36 @@ fn committed_stacks_hold_no_password() {
         let stack: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
         let services = stack["services"].as_mapping().expect("services");
         for (name, service) in services {
-            if let Some(env) = service["environment"].as_mapping() {
-                for (k, _) in env {
-                    let k = k.as_str().unwrap_or_default();
+            let mut env = std::collections::BTreeMap::new();
+            if let Some(map) = service["environment"].as_mapping() {
+                for (k, v) in map {
+                    let value = match v {
+                        serde_yaml::Value::String(s) => s.clone(),
+                        other => serde_yaml::to_string(other)
+                            .expect("a scalar")
+                            .trim()
+                            .into(),
+                    };
+                    env.insert(k.as_str().unwrap_or_default().to_string(), value);
+                }
+            }
+            let member = MemberEnv::from_lookup(|k| env.get(k).cloned())
+                .unwrap_or_else(|e| panic!("{}: {name:?}: {e}", path.display()));
+            let encoded: std::collections::BTreeMap<String, String> =
+                member.to_env().into_iter().collect();
+            assert_eq!(
+                encoded,
+                env,
+                "{}: {name:?} carries variables outside the contract",
+                path.display()
+            );
+            for secret in Secret::ALL {
+                if let Some(value) = env.get(secret.env_var()) {
                     assert!(
-                        !k.contains("PASSWORD") || k.ends_with("_FILE"),
-                        "{}: {name:?} has {k}",
-                        path.display()
+                        value.starts_with(&format!("{}/", defaults::SECRETS_DIR)),
+                        "{}: {name:?}: {} is not a secret file path",
+                        path.display(),
+                        secret.env_var()
                     );
                 }
             }

@@ -54,27 +54,19 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The swarm (initialised on loopback when the engine has none) and the image, once; false
-/// when the swarm tests are switched off with `PGSWARM_SKIP_SWARM=1`.
-#[must_use]
-fn prerequisites() -> bool {
-    if std::env::var("PGSWARM_SKIP_SWARM").as_deref() == Ok("1") {
-        eprintln!("swarm operation test not run: PGSWARM_SKIP_SWARM=1");
-        return false;
-    }
+/// The swarm and the image, checked once. The swarm must exist already: `scripts/test.sh`
+/// initialises one on loopback when the engine has none and leaves it again, so this test
+/// never changes the engine's swarm state.
+fn prerequisites() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
-        if state.trim() == "inactive" {
-            docker(&[
-                "swarm",
-                "init",
-                "--advertise-addr",
-                "127.0.0.1",
-                "--listen-addr",
-                "127.0.0.1:2377",
-            ]);
-        }
+        assert_eq!(
+            state.trim(),
+            "active",
+            "this test needs a swarm: run it through scripts/test.sh (which initialises a \
+             single-node swarm on loopback and leaves it again), or `docker swarm init` first"
+        );
         if std::env::var("PGSWARM_SKIP_IMAGE_BUILD").as_deref() != Ok("1") {
             let status = Command::new(repo().join("scripts/build-image.sh"))
                 .arg(image())
@@ -89,7 +81,6 @@ fn prerequisites() -> bool {
         }
         docker(&["image", "inspect", "--format", "{{.Id}}", &image()]);
     });
-    true
 }
 
 /// Heavy tests (whole clusters) one at a time: the machine has two cores.
@@ -225,10 +216,9 @@ fn leaders(status: &Value) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs Docker, a swarm and the image (scripts/test.sh runs it)"]
 fn label_nodes_plans_applies_and_a_second_run_changes_nothing() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let name = unique_name("opslabel");
     let c = TestCluster::new(&name, &format!("name: {name}\ntopology: patroni\n"));
 
@@ -273,10 +263,9 @@ fn label_nodes_plans_applies_and_a_second_run_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs Docker, a swarm and the image (scripts/test.sh runs it)"]
 fn concurrent_label_nodes_keep_every_clusters_labels() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     // Node updates are version-checked: a writer that lost the race reads the node again and
     // retries, so neither cluster's labels overwrite the other's.
     let clusters: Vec<TestCluster> = (0..4)
@@ -309,10 +298,9 @@ fn concurrent_label_nodes_keep_every_clusters_labels() {
 }
 
 #[test]
+#[ignore = "needs Docker, a swarm and the image (scripts/test.sh runs it)"]
 fn bad_inputs_fail_with_a_clear_error() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let name = unique_name("opsbad");
     let c = TestCluster::new(
         &name,
@@ -406,10 +394,9 @@ fn bad_inputs_fail_with_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs Docker, a swarm and the image (scripts/test.sh runs it)"]
 fn patroni_example_deploys_healthy_and_switches_over() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let _heavy = heavy();
     let name = unique_name("opspat");
     let c = TestCluster::new(&name, &patroni_example(&name));
@@ -479,10 +466,9 @@ fn patroni_example_deploys_healthy_and_switches_over() {
 }
 
 #[test]
+#[ignore = "needs Docker, a swarm and the image (scripts/test.sh runs it)"]
 fn up_then_down_leaves_no_service_behind() {
-    if !prerequisites() {
-        return;
-    }
+    prerequisites();
     let _heavy = heavy();
     let name = unique_name("opsup");
     // The embedded default spec, renamed and on free ports so it runs beside anything else.

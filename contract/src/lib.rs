@@ -8,6 +8,7 @@
 //! Secrets never travel through this contract: only the *paths* of secret files do
 //! (`PGSWARM_*_FILE`, defaulting to `/run/secrets/<name>`).
 
+pub mod ctl;
 pub mod rules;
 
 use std::collections::BTreeMap;

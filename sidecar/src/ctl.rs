@@ -5,19 +5,19 @@
 //!
 //! `write-check` commits a throw-away write (switchover), `query` runs SQL and prints its rows
 //! (Citus scale-out reads `pg_dist_node` and drives the rebalance with it), `psql` runs an
-//! interactive psql (`swarmctl psql`). Each subcommand
-//! prints one JSON object on standard output and exits 0, or prints the error on standard
-//! error and exits 1.
+//! interactive psql (`swarmctl psql`). The requests and their replies are typed in the
+//! contract ([`pgswarm_contract::ctl`]): each JSON subcommand prints its reply as one JSON line
+//! on standard output and exits 0, or prints the error envelope (kind, message, SQLSTATE) on
+//! standard output, the message on standard error, and exits 1.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
+use pgswarm_contract::ctl::{CtlError, ErrorKind, QueryReply, WriteCheckReply};
 use pgswarm_contract::{MemberEnv, Role, Secret};
-use pgswarm_sidecar::postgres::connect;
 use pgswarm_sidecar::secrets::read_secret;
-use serde_json::json;
-use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 /// Operations run inside a container on behalf of `swarmctl`.
 #[derive(Debug, Subcommand)]
@@ -105,39 +105,60 @@ pub fn run(member: &MemberEnv, command: CtlCommand) -> i32 {
             }
         };
     }
-    let result = tokio::runtime::Builder::new_current_thread()
+    let result = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the runtime")
-        .and_then(|rt| rt.block_on(dispatch(member, command)));
+    {
+        Ok(rt) => rt.block_on(dispatch(member, command)),
+        Err(e) => Err(CtlError::new(
+            ErrorKind::Refused,
+            format!("cannot start the runtime: {e}"),
+        )),
+    };
     match result {
         Ok(value) => {
             println!("{value}");
             0
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            println!(
+                "{}",
+                serde_json::to_string(&e).unwrap_or_else(|_| "{}".into())
+            );
+            eprintln!("error: {e}");
             1
         }
     }
 }
 
-async fn dispatch(member: &MemberEnv, command: CtlCommand) -> anyhow::Result<serde_json::Value> {
+async fn dispatch(member: &MemberEnv, command: CtlCommand) -> Result<String, CtlError> {
+    let json = |r: Result<String, serde_json::Error>| {
+        r.map_err(|e| CtlError::new(ErrorKind::Refused, format!("cannot print the reply: {e}")))
+    };
     match command {
         CtlCommand::WriteCheck {
             host,
             port,
             dbname,
             connect_timeout,
-        } => write_check(member, &host, port, &dbname, connect_timeout).await,
+        } => {
+            let reply = write_check(member, &host, port, &dbname, connect_timeout).await?;
+            json(serde_json::to_string(&reply))
+        }
         CtlCommand::Query {
             host,
             port,
             dbname,
             connect_timeout,
             sql,
-        } => query(member, &host, port, &dbname, connect_timeout, &sql).await,
-        CtlCommand::Psql { .. } => Err(anyhow!("psql is not a JSON operation")),
+        } => {
+            let reply = query(member, &host, port, &dbname, connect_timeout, &sql).await?;
+            json(serde_json::to_string(&reply))
+        }
+        CtlCommand::Psql { .. } => Err(CtlError::new(
+            ErrorKind::Refused,
+            "psql is not a JSON operation",
+        )),
     }
 }
 
@@ -222,15 +243,18 @@ fn private_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// A superuser connection to `host:port`, the password read from its secret file here.
+/// A failure to connect is `unreachable` (nothing ran) unless PostgreSQL itself refused the
+/// session (authentication, an unknown database): that is `refused`, with its SQLSTATE.
 async fn superuser_client(
     member: &MemberEnv,
     host: &str,
     port: u16,
     dbname: &str,
     connect_timeout: u64,
-) -> anyhow::Result<tokio_postgres::Client> {
+) -> Result<tokio_postgres::Client, CtlError> {
     let common = &member.common;
-    let password = read_secret(common, Secret::SuperuserPassword)?;
+    let password = read_secret(common, Secret::SuperuserPassword)
+        .map_err(|e| CtlError::new(ErrorKind::Refused, format!("{e:#}")))?;
     let mut config = tokio_postgres::Config::new();
     config
         .host(host)
@@ -241,7 +265,38 @@ async fn superuser_client(
         .application_name("pgswarm-ctl")
         .connect_timeout(Duration::from_secs(connect_timeout));
     let what = format!("{host}:{port} (database {dbname}) as {}", common.superuser);
-    connect(&config, &what).await
+    match config.connect(NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection closed");
+                }
+            });
+            Ok(client)
+        }
+        Err(e) => {
+            let sqlstate = e.as_db_error().map(|db| db.code().code().to_string());
+            // 57P03: the server is starting up or shutting down; it will answer soon.
+            let kind = match sqlstate.as_deref() {
+                None | Some("57P03") => ErrorKind::Unreachable,
+                Some(_) => ErrorKind::Refused,
+            };
+            Err(CtlError {
+                kind,
+                message: format!("connecting to {what}: {}", describe_db_error(&e)),
+                sqlstate,
+            })
+        }
+    }
+}
+
+/// A statement that failed (or whose outcome is unknown: the connection broke while it ran).
+fn statement_error(what: String, e: &tokio_postgres::Error) -> CtlError {
+    CtlError {
+        kind: ErrorKind::Statement,
+        message: format!("{what}: {}", describe_db_error(e)),
+        sqlstate: e.as_db_error().map(|db| db.code().code().to_string()),
+    }
 }
 
 /// PostgreSQL's own words for a failed statement: message, SQLSTATE, detail and hint.
@@ -262,27 +317,34 @@ fn describe_db_error(e: &tokio_postgres::Error) -> String {
             }
             text
         }
-        None => format!("{e:#}"),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
     }
 }
 
-/// The rows of `messages` as JSON: the columns of the first result with rows, and every row.
-fn rows_json(messages: &[SimpleQueryMessage]) -> serde_json::Value {
-    let mut columns: Vec<String> = Vec::new();
-    let mut rows: Vec<Vec<Option<String>>> = Vec::new();
+/// The rows of `messages`: the columns of the first result with rows, and every row.
+fn rows_of(messages: &[SimpleQueryMessage]) -> QueryReply {
+    let mut reply = QueryReply::default();
     for message in messages {
         if let SimpleQueryMessage::Row(row) = message {
-            if columns.is_empty() {
-                columns = row.columns().iter().map(|c| c.name().to_string()).collect();
+            if reply.columns.is_empty() {
+                reply.columns = row.columns().iter().map(|c| c.name().to_string()).collect();
             }
-            rows.push(
+            reply.rows.push(
                 (0..row.len())
                     .map(|i| row.get(i).map(String::from))
                     .collect(),
             );
         }
     }
-    json!({ "columns": columns, "rows": rows })
+    reply
 }
 
 async fn query(
@@ -292,15 +354,15 @@ async fn query(
     dbname: &str,
     connect_timeout: u64,
     sql: &str,
-) -> anyhow::Result<serde_json::Value> {
+) -> Result<QueryReply, CtlError> {
     let client = superuser_client(member, host, port, dbname, connect_timeout).await?;
     let messages = client.simple_query(sql).await.map_err(|e| {
-        anyhow!(
-            "the query on {host}:{port} (database {dbname}) failed: {}",
-            describe_db_error(&e)
+        statement_error(
+            format!("the query on {host}:{port} (database {dbname}) failed"),
+            &e,
         )
     })?;
-    Ok(rows_json(&messages))
+    Ok(rows_of(&messages))
 }
 
 async fn write_check(
@@ -309,27 +371,25 @@ async fn write_check(
     port: u16,
     dbname: &str,
     connect_timeout: u64,
-) -> anyhow::Result<serde_json::Value> {
+) -> Result<WriteCheckReply, CtlError> {
     let client = superuser_client(member, host, port, dbname, connect_timeout).await?;
     let messages = client
         .simple_query(WRITE_CHECK_SQL)
         .await
-        .with_context(|| format!("the write through {host}:{port} failed"))?;
-    let row = messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row),
-            _ => None,
-        })
-        .ok_or_else(|| anyhow!("the write check returned no row"))?;
-    let server = row.get("server").unwrap_or("unknown");
-    let in_recovery = row.get("in_recovery") == Some("true");
-    Ok(json!({
-        "host": host,
-        "port": port,
-        "server": server,
-        "in_recovery": in_recovery,
-    }))
+        .map_err(|e| statement_error(format!("the write through {host}:{port} failed"), &e))?;
+    let reply = rows_of(&messages);
+    if reply.rows.is_empty() {
+        return Err(CtlError::new(
+            ErrorKind::Statement,
+            "the write check returned no row",
+        ));
+    }
+    Ok(WriteCheckReply {
+        host: host.to_string(),
+        port,
+        server: reply.get(0, "server").unwrap_or("unknown").to_string(),
+        in_recovery: reply.get(0, "in_recovery") == Some("true"),
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::bail;
-use pgswarm_contract::rules::{self, keepalive, ParameterError, TimingError, TimingField};
+use pgswarm_contract::rules::{self, keepalive, ParameterError, TimingError};
 use pgswarm_contract::{
     env, Citus, Common, Endpoint, MemberEnv, Postgres, Role, Secret, SynchronousMode,
 };
@@ -51,7 +51,7 @@ pub const DCS_ONLY_PARAMETERS: &[&str] = &[
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatroniConfigError {
     /// A timing Patroni would refuse (the rule is the contract's, shared with `swarmctl`).
-    #[error("{var}: {source}", var = timing_var(source.field()))]
+    #[error("{vars}: {source}", vars = timing_vars(source))]
     Timing {
         #[from]
         source: TimingError,
@@ -93,12 +93,25 @@ impl Timing {
     }
 }
 
-/// The variable that sets a timing.
-fn timing_var(field: TimingField) -> &'static str {
-    match field {
-        TimingField::Ttl | TimingField::Together => env::TTL,
-        TimingField::LoopWait => env::LOOP_WAIT,
-        TimingField::RetryTimeout => env::RETRY_TIMEOUT,
+/// The variables (with their values) a timing error is about.
+fn timing_vars(e: &TimingError) -> String {
+    match *e {
+        TimingError::TtlTooShort { ttl } => format!("{}={ttl}", env::TTL),
+        TimingError::LoopWaitTooShort { loop_wait } => format!("{}={loop_wait}", env::LOOP_WAIT),
+        TimingError::RetryTimeoutTooShort { retry_timeout } => {
+            format!("{}={retry_timeout}", env::RETRY_TIMEOUT)
+        }
+        TimingError::Budget {
+            ttl,
+            loop_wait,
+            retry_timeout,
+            ..
+        } => format!(
+            "{}={ttl}, {}={loop_wait}, {}={retry_timeout}",
+            env::TTL,
+            env::LOOP_WAIT,
+            env::RETRY_TIMEOUT
+        ),
     }
 }
 
@@ -1213,7 +1226,7 @@ mod tests {
         assert!(Timing::new(30, 10, 10).is_ok());
         let err = Timing::new(10, 5, 5).unwrap_err();
         assert!(
-            err.to_string().starts_with("PGSWARM_TTL: ttl is 10"),
+            err.to_string().starts_with("PGSWARM_TTL=10: ttl is 10"),
             "{err}"
         );
         let err = Timing::new(20, 10, 10).unwrap_err();
@@ -1224,7 +1237,7 @@ mod tests {
         let err = Timing::new(20, 5, 2).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("PGSWARM_RETRY_TIMEOUT: retry_timeout is 2"),
+                .starts_with("PGSWARM_RETRY_TIMEOUT=2: retry_timeout is 2"),
             "{err}"
         );
         assert!(Timing::new(20, 0, 5)

@@ -76,9 +76,19 @@ impl ChildSpec {
     /// A spec whose environment is [`INHERITED_ENV`] taken from the sidecar's environment
     /// (HOME and USER of the service user when privileges were dropped).
     pub fn new(name: impl Into<String>, program: impl Into<PathBuf>) -> Self {
+        Self::inheriting(name, program, |var| std::env::var(var).ok())
+    }
+
+    /// [`Self::new`] with the parent's environment read through `parent` (a name to its
+    /// value), so the allow-list is testable without changing the process environment.
+    pub fn inheriting(
+        name: impl Into<String>,
+        program: impl Into<PathBuf>,
+        parent: impl Fn(&str) -> Option<String>,
+    ) -> Self {
         let mut env = BTreeMap::new();
         for var in INHERITED_ENV {
-            if let Ok(value) = std::env::var(var) {
+            if let Some(value) = parent(var) {
                 env.insert((*var).to_string(), value);
             }
         }
@@ -636,8 +646,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_environment_is_cleared_to_the_allow_list() {
-        std::env::set_var("PGSWARM_TEST_LEAK", "secret-value");
-        let out = run(ChildSpec::new("env", "/usr/bin/env").env("EXTRA", "1"))
+        // A parent environment holding a credential, given as a parameter: changing the
+        // process environment would race every other test reading it.
+        let parent = |var: &str| match var {
+            "PGSWARM_TEST_LEAK" => Some("secret-value".to_string()),
+            "PGSWARM_SUPERUSER_PASSWORD_FILE" => Some("/run/secrets/x".to_string()),
+            other => std::env::var(other).ok(),
+        };
+        let out = run(ChildSpec::inheriting("env", "/usr/bin/env", parent).env("EXTRA", "1"))
             .await
             .unwrap();
         assert_eq!(out.code, 0);
@@ -681,8 +697,12 @@ mod tests {
     #[tokio::test]
     async fn orphans_are_reaped() {
         become_subreaper().unwrap();
-        // The shell exits at once; its background sleep is reparented to this process.
-        let out = run(sh("sleep 1 >/dev/null 2>&1 & echo $!")).await.unwrap();
+        // The shell exits at once; its background sleep is reparented to this process. It
+        // sleeps far longer than the test runs, and is killed below once its parent is
+        // checked, so a slow machine cannot let it exit (and vanish) too early.
+        let out = run(sh("sleep 600 >/dev/null 2>&1 & echo $!"))
+            .await
+            .unwrap();
         let orphan: i32 = out.stdout.trim().parse().unwrap();
         let stat = format!("/proc/{orphan}/stat");
         // Adopted by us (not by init), so only our reaper can collect it.
@@ -694,6 +714,7 @@ mod tests {
             .and_then(|p| p.parse().ok())
             .unwrap();
         assert_eq!(ppid, std::process::id());
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(orphan), Signal::SIGKILL).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             match std::fs::read_to_string(&stat) {

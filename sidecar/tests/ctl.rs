@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use pgswarm_contract::ctl::{CtlError, ErrorKind, QueryReply, Request, Target};
 use serde_json::Value;
 
 /// The JSON object `ctl` printed (its last line that is one).
@@ -33,24 +34,20 @@ async fn ctl_query_prints_rows_and_reports_sql_errors_with_their_sqlstate() {
         .await
         .expect("creating the table");
     let env = env_of(&member);
-    let port_text = port.to_string();
+    // The request as swarmctl builds it: the contract's argv, without the program name.
+    let run = |name: &str, request: Request| {
+        let argv = request.argv();
+        let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+        Sidecar::start(name, &env, &args, dir.path()).finish(PATIENCE)
+    };
     let ctl = |name: &str, sql: &str| {
-        Sidecar::start(
+        run(
             name,
-            &env,
-            &[
-                "ctl",
-                "query",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port_text,
-                "--sql",
-                sql,
-            ],
-            dir.path(),
+            Request::Query {
+                target: Target::new("127.0.0.1", port),
+                sql: sql.into(),
+            },
         )
-        .finish(PATIENCE)
     };
 
     let (code, output) = ctl(
@@ -59,6 +56,9 @@ async fn ctl_query_prints_rows_and_reports_sql_errors_with_their_sqlstate() {
     );
     assert_eq!(code, 0, "{output}");
     let json = printed_json(&output).unwrap_or_else(|| panic!("no JSON printed: {output}"));
+    let reply: QueryReply = serde_json::from_value(json.clone()).expect("a typed reply");
+    assert_eq!(reply.get(2, "noderole"), Some("secondary"));
+    assert_eq!(reply.get(2, "nodename"), None);
     assert_eq!(
         json["columns"],
         serde_json::json!(["groupid", "nodename", "noderole"])
@@ -91,5 +91,27 @@ async fn ctl_query_prints_rows_and_reports_sql_errors_with_their_sqlstate() {
         output.contains("SQLSTATE 42P01") && output.contains("pg_dist_node"),
         "the error names PostgreSQL's code and the relation: {output}"
     );
-    assert!(printed_json(&output).is_none(), "{output}");
+    let err: CtlError = serde_json::from_value(
+        printed_json(&output).unwrap_or_else(|| panic!("no error envelope: {output}")),
+    )
+    .expect("a typed error");
+    assert_eq!(err.kind, ErrorKind::Statement);
+    assert_eq!(err.sqlstate.as_deref(), Some("42P01"));
+    assert!(!err.is_retryable());
+
+    // Nothing listens on this port: the statement never ran, so it may be tried again.
+    let (code, output) = run(
+        "query-unreachable",
+        Request::Query {
+            target: Target::new("127.0.0.1", free_port()),
+            sql: "SELECT 1".into(),
+        },
+    );
+    assert_eq!(code, 1, "{output}");
+    let err: CtlError = serde_json::from_value(
+        printed_json(&output).unwrap_or_else(|| panic!("no error envelope: {output}")),
+    )
+    .expect("a typed error");
+    assert_eq!(err.kind, ErrorKind::Unreachable, "{output}");
+    assert!(err.is_retryable());
 }

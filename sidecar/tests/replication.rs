@@ -1,5 +1,5 @@
 //! Host integration tests of the `replication` topology: real PostgreSQL from Debian's
-//! packages, driven by the sidecar binary on loopback ports (the seed 003 checks).
+//! packages, driven by the sidecar binary on loopback ports (primary, replica, slot).
 
 mod common;
 

@@ -179,6 +179,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The same cluster with another image (`swarmctl up --image`), checked by the rule the
+    /// spec's `image` field goes through: a validated cluster is changed only through its rules.
+    pub fn with_image(mut self, image: String) -> Result<Cluster, String> {
+        super::validate::check_image(&image)?;
+        self.image = image;
+        Ok(self)
+    }
+
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)

@@ -19,6 +19,7 @@ use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
+use pgswarm_contract::ctl::{self, CtlError, QueryReply, Request, Target};
 use pgswarm_contract::Role;
 use serde_json::Value;
 
@@ -136,41 +137,31 @@ pub enum CitusError {
     NotInDatabase { database: String, service: String },
 }
 
-/// One answer of `pgswarm-sidecar ctl query`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rows {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Option<String>>>,
+/// One answer of `pgswarm-sidecar ctl query` (the contract's reply type).
+pub type Rows = QueryReply;
+
+/// Why a coordinator query failed, which decides whether it may be sent again.
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    /// No request was sent (no local container holds the secret, the leader is not known
+    /// yet): trying again runs nothing twice.
+    #[error("{0:#}")]
+    NotSent(anyhow::Error),
+    /// The request may have run (the exec itself failed): not tried again.
+    #[error("{0:#}")]
+    Exec(anyhow::Error),
+    /// The sidecar answered with its error envelope; its kind decides.
+    #[error("{0}")]
+    Ctl(#[from] CtlError),
 }
 
-impl Rows {
-    /// Parses what `ctl query` printed.
-    pub fn parse(text: &str) -> anyhow::Result<Rows> {
-        let value: Value = serde_json::from_str(text.trim())
-            .with_context(|| format!("`ctl query` printed no JSON: {}", text.trim()))?;
-        let columns = value["columns"]
-            .as_array()
-            .ok_or_else(|| anyhow!("`ctl query` printed no columns: {value}"))?
-            .iter()
-            .map(|c| c.as_str().unwrap_or_default().to_string())
-            .collect();
-        let rows = value["rows"]
-            .as_array()
-            .ok_or_else(|| anyhow!("`ctl query` printed no rows: {value}"))?
-            .iter()
-            .map(|row| {
-                row.as_array()
-                    .map(|cells| cells.iter().map(|c| c.as_str().map(String::from)).collect())
-                    .unwrap_or_default()
-            })
-            .collect();
-        Ok(Rows { columns, rows })
-    }
-
-    /// The value of `column` in row `row`.
-    pub fn get(&self, row: usize, column: &str) -> Option<&str> {
-        let i = self.columns.iter().position(|c| c == column)?;
-        self.rows.get(row)?.get(i)?.as_deref()
+impl QueryError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            QueryError::NotSent(_) => true,
+            QueryError::Exec(_) => false,
+            QueryError::Ctl(e) => e.is_retryable(),
+        }
     }
 }
 
@@ -433,34 +424,24 @@ impl Coordinator<'_> {
         Ok((container, leader, port))
     }
 
-    async fn query(&self, sql: &str) -> anyhow::Result<Rows> {
-        let (container, host, port) = self.route().await?;
-        let port_text = port.to_string();
-        let out = exec(
-            self.engine,
-            &container,
-            &[
-                "pgswarm-sidecar",
-                "ctl",
-                "query",
-                "--host",
-                &host,
-                "--port",
-                &port_text,
-                "--dbname",
-                &self.database,
-                "--sql",
-                sql,
-            ],
-        )
-        .await?
-        .into_stdout(&format!("a query through {host}:{port}"))?;
-        Rows::parse(&out)
+    async fn query(&self, sql: &str) -> Result<Rows, QueryError> {
+        let (container, host, port) = self.route().await.map_err(QueryError::NotSent)?;
+        let request = Request::Query {
+            target: Target::new(host, port).database(&self.database),
+            sql: sql.to_string(),
+        };
+        let argv = request.argv();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = exec(self.engine, &container, &argv)
+            .await
+            .map_err(QueryError::Exec)?;
+        Ok(ctl::read_reply(out.exit_code, &out.stdout, &out.stderr)?)
     }
 
     /// [`Self::query`], tried again until `deadline` while the coordinator cannot be reached
-    /// (a coordinator failover, a member still starting after a deploy). With `only_unreached`, an error of the statement itself is not tried again, so
-    /// a statement with effects never runs twice.
+    /// (a coordinator failover, a member still starting after a deploy). With
+    /// `only_unreached`, an error of the statement itself is not tried again, so a statement
+    /// with effects never runs twice. The decision is taken on the error's kind.
     async fn query_until(
         &self,
         sql: &str,
@@ -472,24 +453,17 @@ impl Coordinator<'_> {
             match self.query(sql).await {
                 Ok(rows) => return Ok(rows),
                 Err(e) => {
-                    let unreached = is_unreached(&e);
-                    if Instant::now() >= deadline || (only_unreached && !unreached) {
-                        return Err(e);
+                    if Instant::now() >= deadline || (only_unreached && !e.is_retryable()) {
+                        return Err(e.into());
                     }
                     progress.update(&format!(
-                        "waiting for the coordinator's primary to answer ({e:#})"
+                        "waiting for the coordinator's primary to answer ({e})"
                     ));
                     tokio::time::sleep(POLL).await;
                 }
             }
         }
     }
-}
-
-/// Whether a `ctl query` failure happened before the statement ran: no connection.
-fn is_unreached(e: &anyhow::Error) -> bool {
-    let text = format!("{e:#}");
-    text.contains("connecting to ") || text.contains("no container of cluster")
 }
 
 /// The coordinator group's leader as Patroni lists it.
@@ -788,6 +762,7 @@ async fn rebalance(
         match coordinator
             .query(&format!("{JOB_STATUS_SQL}({job_id})"))
             .await
+            .map_err(anyhow::Error::from)
             .and_then(|rows| JobStatus::parse(&rows))
         {
             Ok(job) => {
@@ -862,17 +837,6 @@ citus:
                 .map(|r| r.iter().map(|c| c.map(String::from)).collect())
                 .collect(),
         }
-    }
-
-    #[test]
-    fn ctl_query_output_parses() {
-        let r =
-            Rows::parse(r#"{"columns":["a","b"],"rows":[["1",null],["2","x"]]}"#).expect("parses");
-        assert_eq!(r.get(0, "a"), Some("1"));
-        assert_eq!(r.get(0, "b"), None);
-        assert_eq!(r.get(1, "b"), Some("x"));
-        assert_eq!(r.get(2, "a"), None);
-        assert!(Rows::parse("error: nope").is_err());
     }
 
     #[test]
@@ -964,18 +928,20 @@ citus:
     }
 
     #[test]
-    fn only_connection_failures_count_as_unreached() {
-        let e = anyhow!(
-            "a query through router:5000 exited with 1: error: connecting to router:5000 \
-             (database citus) as postgres: error connecting to server: No route to host"
-        );
-        assert!(is_unreached(&e));
-        let e = anyhow!(
-            "a query through router:5000 exited with 1: error: the query on router:5000 \
-             (database citus) failed: ERROR: A rebalance is already running as job 3 (SQLSTATE \
-             55000)"
-        );
-        assert!(!is_unreached(&e));
+    fn only_requests_that_ran_nothing_are_retried() {
+        use pgswarm_contract::ctl::ErrorKind;
+        let ctl_error = |kind| {
+            QueryError::Ctl(CtlError {
+                kind,
+                message: "whatever the sidecar said".into(),
+                sqlstate: None,
+            })
+        };
+        assert!(ctl_error(ErrorKind::Unreachable).is_retryable());
+        assert!(!ctl_error(ErrorKind::Statement).is_retryable());
+        assert!(!ctl_error(ErrorKind::Refused).is_retryable());
+        assert!(QueryError::NotSent(anyhow!("no container")).is_retryable());
+        assert!(!QueryError::Exec(anyhow!("exec broke")).is_retryable());
     }
 
     #[test]

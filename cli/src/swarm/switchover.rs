@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use serde_json::Value;
+use pgswarm_contract::ctl::{self, Request, Target, WriteCheckReply};
 
 use crate::spec::{Cluster, Service, ServiceKind, Topology};
 
@@ -43,29 +43,12 @@ pub async fn write_check(
     port: u16,
 ) -> anyhow::Result<String> {
     let container = status::superuser_container(cluster, views)?;
-    let port_text = port.to_string();
-    let out = exec(
-        engine,
-        &container,
-        &[
-            "pgswarm-sidecar",
-            "ctl",
-            "write-check",
-            "--host",
-            host,
-            "--port",
-            &port_text,
-        ],
-    )
-    .await?
-    .into_stdout(&format!("the write check through {host}:{port}"))?;
-    let value: Value = serde_json::from_str(out.trim())
-        .with_context(|| format!("the write check printed no JSON: {out}"))?;
-    Ok(value
-        .get("server")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_string())
+    let argv = Request::WriteCheck(Target::new(host, port)).argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = exec(engine, &container, &argv).await?;
+    let reply: WriteCheckReply = ctl::read_reply(out.exit_code, &out.stdout, &out.stderr)
+        .with_context(|| format!("the write check through {host}:{port}"))?;
+    Ok(reply.server)
 }
 
 /// Where writes go: the router's read-write port, or the member itself without a router.

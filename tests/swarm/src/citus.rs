@@ -1,13 +1,13 @@
-//! Scenario 5 (seeds 000 and 002): Patroni in Citus mode on a swarm. A coordinator group of
-//! three and two worker groups of two are deployed like any stack; then the seed 000
-//! walkthrough: `pg_dist_node` lists the coordinator and both worker groups (registered by
+//! Scenario 5: Patroni in Citus mode on a swarm. A coordinator group of three and two worker
+//! groups of two are deployed like any stack; then the Citus walkthrough: `pg_dist_node` lists the coordinator and both worker groups (registered by
 //! Patroni), a distributed `users` table with 1000 rows spread over both worker groups, a
 //! reference table readable on every group's primary; then the coordinator leader's container
 //! is killed, and a worker group leader's: a replica takes over, `pg_dist_node` follows, and
 //! the same queries succeed.
 //!
 //! Citus is not in Debian's archive: an image built without the Dockerfile's CITUS_VERSION
-//! argument has no extension, and the scenario then only reports [`SKIPPED`]. What does not
+//! argument has no extension, so the scenario is ignored unless asked for (and then fails on
+//! such an image, saying how to build one with the extension). What does not
 //! need the extension (every member's Citus configuration, the router's targets) is checked
 //! without Docker by swarmctl's `citus_config` tests.
 
@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use pgswarm_contract::ctl::{QueryReply, Request, Target};
 use pgswarm_contract::{Mode, Role, Secret};
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -28,8 +29,6 @@ use crate::patroni::patroni_yml;
 use crate::pg::{wait_until, Endpoint};
 use crate::stack::{free_port, Stack};
 
-/// Printed, exactly, when the image has no Citus extension.
-pub const SKIPPED: &str = "skipped: citus extension not available in the image";
 /// Where Debian's PostgreSQL packages put extension control files.
 pub const CITUS_CONTROL_GLOB: &str = "/usr/share/postgresql/*/extension/citus.control";
 /// A Citus stack has seven PostgreSQL members: give it longer than the others.
@@ -38,7 +37,7 @@ pub const CITUS_DEPLOY_TIMEOUT: Duration = Duration::from_secs(900);
 pub const CITUS_RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The distributed database of the spec.
 pub const DATABASE: &str = "citus";
-/// Rows of the seed's `users` table.
+/// Rows of the walkthrough's `users` table.
 pub const USERS: i64 = 1000;
 /// Rows of the reference table.
 const COUNTRIES: i64 = 3;
@@ -74,7 +73,7 @@ pub fn image_has_citus(image: &str) -> Result<bool> {
     }
 }
 
-/// Seed 000 on a one-node test swarm: coordinator group 0 (coord1..3, quorum commit, Patroni's
+/// The Citus walkthrough on a one-node test swarm: coordinator group 0 (coord1..3, quorum commit, Patroni's
 /// Citus default), worker groups 1 and 2 of two members each with one synchronous standby;
 /// the router's read-write and worker ports published on free host ports; no pooler (the patroni
 /// scenario covers PgBouncer in front of the router).
@@ -367,39 +366,16 @@ impl CitusCluster {
     /// Rows of `sql` run on member `key` itself (`ctl query` on 127.0.0.1 inside its
     /// container, database `citus`), every value as text.
     pub async fn query_on_member(&self, key: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
-        let port = self.pg_port.to_string();
-        let out = self
-            .dep
-            .exec(
-                key,
-                &[
-                    "pgswarm-sidecar",
-                    "ctl",
-                    "query",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port,
-                    "--dbname",
-                    DATABASE,
-                    "--sql",
-                    sql,
-                ],
-            )
-            .await?;
-        let value: Value = serde_json::from_str(out.trim())
-            .with_context(|| format!("{key}: `ctl query` printed no JSON: {out}"))?;
-        let rows = value["rows"]
-            .as_array()
-            .ok_or_else(|| anyhow!("{key}: `ctl query` printed no rows: {value}"))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .map(|cells| cells.iter().map(|c| c.as_str().map(String::from)).collect())
-                    .unwrap_or_default()
-            })
-            .collect())
+        let argv = Request::Query {
+            target: Target::new("127.0.0.1", self.pg_port).database(DATABASE),
+            sql: sql.to_string(),
+        }
+        .argv();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = self.dep.exec(key, &argv).await?;
+        let reply: QueryReply = serde_json::from_str(out.trim())
+            .with_context(|| format!("{key}: `ctl query` printed no reply: {}", out.trim()))?;
+        Ok(reply.rows)
     }
 }
 
@@ -413,7 +389,7 @@ pub struct QueryCheck {
     pub primaries: BTreeMap<u32, String>,
 }
 
-/// The seed 000 queries, through the router's read-write port: `count(*)` of `users` is
+/// The walkthrough queries, through the router's read-write port: `count(*)` of `users` is
 /// `expected_users`, the shards' primary placements are on both worker groups and only there
 /// (counted through `pg_dist_placement`, since `citus_shards` lists secondaries too), and the
 /// reference table answers on every group's primary.
@@ -704,8 +680,8 @@ impl fmt::Display for CitusReport {
     }
 }
 
-/// The seed 000 walkthrough on a deployed cluster (see the module documentation).
-pub async fn seed_000(cluster: &CitusCluster) -> Result<CitusReport> {
+/// The Citus walkthrough on a deployed cluster (see the module documentation).
+pub async fn citus_walkthrough(cluster: &CitusCluster) -> Result<CitusReport> {
     cluster.wait_ready(CITUS_RECOVERY_TIMEOUT).await?;
     let leaders = cluster.leaders(None).await?;
     let client = cluster
@@ -725,7 +701,7 @@ pub async fn seed_000(cluster: &CitusCluster) -> Result<CitusReport> {
         "pg_dist_node lists {primaries:?}, Patroni's leaders are {leaders:?}"
     );
 
-    // One statement per transaction, as in the seed: Citus refuses some DDL (creating a
+    // One statement per transaction, one at a time: Citus refuses some DDL (creating a
     // reference table) after a parallel multi-shard write in the same transaction.
     let insert_users = format!(
         "INSERT INTO users (id, name, email) \

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use pgswarm_contract::{defaults, Mode, Role, Secret};
+use pgswarm_contract::ctl::{QueryReply, Request, Target};
+use pgswarm_contract::{Mode, Role, Secret};
 use serde_json::Value;
 use tracing::info;
 
@@ -12,9 +13,10 @@ use crate::deployment::Deployment;
 use crate::docker::docker_async;
 use crate::pg::{wait_until, Check, Endpoint};
 
-/// Where the sidecar renders patroni.yml inside a member (the contract's run directory).
+/// Where the sidecar renders patroni.yml inside a member (the contract's path, for a member
+/// with the default run directory, as every generated stack has).
 pub fn patroni_yml() -> String {
-    format!("{}/patroni.yml", defaults::RUN_DIR)
+    pgswarm_contract::Common::new("", "").patroni_config_path()
 }
 
 /// One row of `patronictl list`.
@@ -254,38 +256,16 @@ impl PatroniCluster {
         let Role::Patroni { postgres, .. } = &service.env.role else {
             bail!("service {key} is not a Patroni member");
         };
-        let port = postgres.port.to_string();
-        let out = self
-            .dep
-            .exec(
-                key,
-                &[
-                    "pgswarm-sidecar",
-                    "ctl",
-                    "query",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port,
-                    "--sql",
-                    sql,
-                ],
-            )
-            .await?;
-        let value: Value = serde_json::from_str(out.trim())
-            .with_context(|| format!("{key}: ctl query printed no JSON: {}", out.trim()))?;
-        let rows = value
-            .get("rows")
-            .and_then(Value::as_array)
-            .ok_or_else(|| anyhow!("{key}: ctl query printed no rows: {}", out.trim()))?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                row.as_array()
-                    .map(|cells| cells.iter().map(|c| c.as_str().map(String::from)).collect())
-                    .unwrap_or_default()
-            })
-            .collect())
+        let argv = Request::Query {
+            target: Target::new("127.0.0.1", postgres.port),
+            sql: sql.to_string(),
+        }
+        .argv();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = self.dep.exec(key, &argv).await?;
+        let reply: QueryReply = serde_json::from_str(out.trim())
+            .with_context(|| format!("{key}: ctl query printed no reply: {}", out.trim()))?;
+        Ok(reply.rows)
     }
 
     /// What member `key`'s own PostgreSQL says of itself: in recovery, and the status of its

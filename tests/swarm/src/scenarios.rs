@@ -26,7 +26,7 @@ pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(300);
 pub const BASELINE: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------------------------
-// 1. replication (seed 003)
+// 1. replication (primary and streaming replica)
 
 /// What the replication scenario saw.
 #[derive(Debug)]
@@ -49,7 +49,7 @@ pub fn replication_ports(stack: &Stack) -> Result<Vec<(String, u16)>> {
     Ok(out)
 }
 
-/// The seed 003 checks on a deployed replication stack: the replica's slot is active on the
+/// The checks on a deployed replication stack: the replica's slot is active on the
 /// primary, `pg_stat_replication` shows it streaming and `pg_stat_wal_receiver` agrees, the
 /// replica is read-only, and a row written on the primary is read on the replica.
 pub async fn replication(dep: &Deployment) -> Result<ReplicationReport> {
@@ -141,8 +141,8 @@ pub async fn replication(dep: &Deployment) -> Result<ReplicationReport> {
     ensure!(!primary_in_recovery, "the primary is in recovery");
 
     p.batch_execute(
-        "CREATE TABLE seed003 (id int PRIMARY KEY, note text NOT NULL);
-         INSERT INTO seed003 VALUES (1, 'written on the primary');",
+        "CREATE TABLE replication_check (id int PRIMARY KEY, note text NOT NULL);
+         INSERT INTO replication_check VALUES (1, 'written on the primary');",
     )
     .await
     .context("cannot write on the primary")?;
@@ -151,7 +151,7 @@ pub async fn replication(dep: &Deployment) -> Result<ReplicationReport> {
         Duration::from_secs(60),
         || async {
             let row = r
-                .query_opt("SELECT note FROM seed003 WHERE id = 1", &[])
+                .query_opt("SELECT note FROM replication_check WHERE id = 1", &[])
                 .await;
             Ok(matches!(row, Ok(Some(row)) if row.get::<_, String>(0) == "written on the primary"))
         },
@@ -159,7 +159,7 @@ pub async fn replication(dep: &Deployment) -> Result<ReplicationReport> {
     .await?;
 
     let err = r
-        .batch_execute("INSERT INTO seed003 VALUES (2, 'written on the replica')")
+        .batch_execute("INSERT INTO replication_check VALUES (2, 'written on the replica')")
         .await
         .err()
         .ok_or_else(|| anyhow!("the replica accepted a write"))?;

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::stack::free_port;
 
-/// Seed 003: a primary and one streaming replica, both published for the test client.
+/// Replication topology: a primary and one streaming replica, both published for the test client.
 pub fn replication(name: &str, image: &str) -> Result<String> {
     let primary = free_port()?;
     let replica = free_port()?;
@@ -25,7 +25,7 @@ replication:
     ))
 }
 
-/// Seed 001: three Patroni members, three etcd members, HAProxy router and PgBouncer in
+/// Patroni topology: three Patroni members, three etcd members, HAProxy router and PgBouncer in
 /// transaction mode; synchronous mode when `synchronous`. Failover-friendly Patroni and router
 /// timing (ttl 20, loop_wait 5, retry_timeout 3; checks every second).
 pub fn patroni(name: &str, image: &str, synchronous: bool) -> Result<String> {

@@ -7,7 +7,7 @@ use pgswarm_swarm_tests::patroni::PatroniCluster;
 use pgswarm_swarm_tests::scenarios::{self, DEPLOY_TIMEOUT};
 use pgswarm_swarm_tests::{deployment, init_logging, specs, Deployment};
 
-/// Scenario 1 (seed 003): primary and replica deployed as a stack; the replica streams through
+/// Scenario 1: primary and replica deployed as a stack; the replica streams through
 /// its slot, is read-only and serves the primary's rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_stack_streams_like_seed_003() -> anyhow::Result<()> {

@@ -18,6 +18,8 @@ use placing::*;
 use plan::*;
 use rules::*;
 
+pub(crate) use rules::check_image;
+
 use super::diag::{FieldPath, Location, Problem, Rule, Severity, SpecError};
 use super::locate::locate;
 use super::model::*;

@@ -260,7 +260,7 @@ pub(super) fn is_identifier(s: &str) -> bool {
     rules::is_identifier(s)
 }
 
-pub(super) fn check_image(image: &str) -> Result<(), String> {
+pub(crate) fn check_image(image: &str) -> Result<(), String> {
     if image.trim().is_empty() {
         return Err("the image is empty: name an image, e.g. `pgswarm:latest`".into());
     }

@@ -32,7 +32,7 @@ pub struct DbView {
 
 /// Where the sidecar renders patroni.yml inside a member (the contract's run directory).
 pub fn patroni_yml(service: &Service) -> String {
-    format!("{}/patroni.yml", service.env.common.run_dir)
+    service.env.common.patroni_config_path()
 }
 
 /// Parses `patronictl list -f json` (Patroni 3 and 4).
@@ -135,7 +135,8 @@ pub async fn replication_view(
             &[
                 "psql",
                 "-h",
-                &service.env.common.run_dir,
+                // The member's socket directory, as the contract defines it.
+                service.env.common.socket_dir(),
                 "-p",
                 &port,
                 "-U",

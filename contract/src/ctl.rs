@@ -1,0 +1,250 @@
+//! The `ctl` protocol: the day-2 channel between `swarmctl` and a member's sidecar
+//! (`docker exec <container> pgswarm-sidecar ctl ...`). Requests produce their own argv, and
+//! the sidecar parses the same argv back; replies are serde types printed as one JSON line
+//! on standard output. A failure is a [`CtlError`] envelope on standard output (exit code 1)
+//! with a [`ErrorKind`] and PostgreSQL's SQLSTATE, so callers decide on a retry by the kind,
+//! never by the text of a message another process wrote.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The sidecar's program name inside every container.
+pub const PROGRAM: &str = "pgswarm-sidecar";
+/// Its subcommand for these operations.
+pub const SUBCOMMAND: &str = "ctl";
+/// Database a request connects to unless it names another.
+pub const DEFAULT_DBNAME: &str = "postgres";
+/// Seconds a request waits for its connection unless it says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+
+/// Where a request connects, as the superuser (whose password the sidecar reads from its
+/// secret file: it never travels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// A router, the pooler, a member (service name) or 127.0.0.1.
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub connect_timeout_secs: u64,
+}
+
+impl Target {
+    /// `host:port`, database `postgres`, the default connect timeout.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Target {
+            host: host.into(),
+            port,
+            dbname: DEFAULT_DBNAME.into(),
+            connect_timeout_secs: DEFAULT_CONNECT_TIMEOUT_SECS,
+        }
+    }
+
+    /// The same target in database `dbname`.
+    pub fn database(mut self, dbname: impl Into<String>) -> Self {
+        self.dbname = dbname.into();
+        self
+    }
+
+    fn push_args(&self, argv: &mut Vec<String>) {
+        argv.extend([
+            "--host".into(),
+            self.host.clone(),
+            "--port".into(),
+            self.port.to_string(),
+            "--dbname".into(),
+            self.dbname.clone(),
+            "--connect-timeout".into(),
+            self.connect_timeout_secs.to_string(),
+        ]);
+    }
+}
+
+/// A `ctl` request that answers with JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Commit a write that leaves nothing behind; answers [`WriteCheckReply`].
+    WriteCheck(Target),
+    /// Run SQL with the simple query protocol; answers [`QueryReply`].
+    Query { target: Target, sql: String },
+}
+
+impl Request {
+    /// The subcommand's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::WriteCheck(_) => "write-check",
+            Request::Query { .. } => "query",
+        }
+    }
+
+    /// The whole command line to run in a container.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = vec![PROGRAM.to_string(), SUBCOMMAND.into(), self.name().into()];
+        match self {
+            Request::WriteCheck(target) => target.push_args(&mut argv),
+            Request::Query { target, sql } => {
+                target.push_args(&mut argv);
+                argv.extend(["--sql".into(), sql.clone()]);
+            }
+        }
+        argv
+    }
+}
+
+/// What `write-check` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteCheckReply {
+    pub host: String,
+    pub port: u16,
+    /// Address of the server that took the write (`local` over a socket).
+    pub server: String,
+    pub in_recovery: bool,
+}
+
+/// What `query` answers: the columns of the first result with rows, and every row, each value
+/// as text or null.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryReply {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl QueryReply {
+    /// The value of `column` in row `row`.
+    pub fn get(&self, row: usize, column: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.rows.get(row)?.get(i)?.as_deref()
+    }
+}
+
+/// Why a request failed, which decides whether it may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No connection was made (refused, no route, timeout, the server still starting): the
+    /// statement did not run, so trying again is safe.
+    Unreachable,
+    /// The statement was sent and failed, or its outcome is unknown (the connection broke
+    /// while it ran): it must not be run again blindly.
+    Statement,
+    /// The request itself was refused (bad arguments, a missing secret, authentication):
+    /// trying again changes nothing.
+    Refused,
+}
+
+/// The error envelope of a failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{message}")]
+pub struct CtlError {
+    pub kind: ErrorKind,
+    /// What failed, in words for an operator.
+    pub message: String,
+    /// PostgreSQL's SQLSTATE, when PostgreSQL answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+}
+
+impl CtlError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        CtlError {
+            kind,
+            message: message.into(),
+            sqlstate: None,
+        }
+    }
+
+    /// Whether the request may be sent again without running anything twice.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Unreachable
+    }
+}
+
+/// Reads what a request printed: its reply when it exited 0, its error envelope otherwise
+/// (or, from a sidecar too old to print one, an error of kind `refused` with what it said).
+pub fn read_reply<T: DeserializeOwned>(
+    exit_code: i64,
+    stdout: &str,
+    stderr: &str,
+) -> Result<T, CtlError> {
+    let line = stdout.trim();
+    if exit_code == 0 {
+        return serde_json::from_str(line).map_err(|e| {
+            CtlError::new(
+                ErrorKind::Refused,
+                format!("the reply is not what this version expects ({e}): {line}"),
+            )
+        });
+    }
+    match serde_json::from_str::<CtlError>(line) {
+        Ok(err) => Err(err),
+        Err(_) => {
+            let said = if stderr.trim().is_empty() {
+                line
+            } else {
+                stderr.trim()
+            };
+            Err(CtlError::new(
+                ErrorKind::Refused,
+                format!("exited with {exit_code}: {said}"),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_produce_their_argv() {
+        let q = Request::Query {
+            target: Target::new("coord1", 5432).database("citus"),
+            sql: "SELECT 1".into(),
+        };
+        assert_eq!(
+            q.argv(),
+            [
+                "pgswarm-sidecar",
+                "ctl",
+                "query",
+                "--host",
+                "coord1",
+                "--port",
+                "5432",
+                "--dbname",
+                "citus",
+                "--connect-timeout",
+                "5",
+                "--sql",
+                "SELECT 1"
+            ]
+        );
+        assert_eq!(
+            Request::WriteCheck(Target::new("r", 1)).argv()[2],
+            "write-check"
+        );
+    }
+
+    #[test]
+    fn replies_and_errors_round_trip() {
+        let reply = QueryReply {
+            columns: vec!["a".into()],
+            rows: vec![vec![Some("1".into()), None]],
+        };
+        let text = serde_json::to_string(&reply).unwrap();
+        assert_eq!(read_reply::<QueryReply>(0, &text, ""), Ok(reply));
+        let err = CtlError {
+            kind: ErrorKind::Statement,
+            message: "boom".into(),
+            sqlstate: Some("XX000".into()),
+        };
+        let text = serde_json::to_string(&err).unwrap();
+        assert_eq!(read_reply::<QueryReply>(1, &text, "error: boom"), Err(err));
+        let old = read_reply::<QueryReply>(1, "", "error: something").unwrap_err();
+        assert_eq!(old.kind, ErrorKind::Refused);
+        assert!(!old.is_retryable());
+    }
+}
