@@ -4,8 +4,11 @@
 //! Planning is a pure function of the cluster, the nodes and the operator's explicit
 //! assignments. A member keeps the node it is already labelled on while that node can run it
 //! (its volume lives there); others go where the fewest members of their group already are
-//! (then the fewest of the group in the same zone, then the fewest members at all), so a group
-//! shares a node only when there are fewer nodes than members, and that is said in a warning.
+//! (then the fewest of the group in the same zone, then the fewest members of the other tier —
+//! etcd members avoid database members' nodes and the other way round —, then the fewest
+//! members at all), so a group shares a node only when there are fewer nodes than members, and
+//! etcd shares a node with the database only when the nodes do not suffice for both (or a kept
+//! label or a zone asks for it); each is said in a warning.
 //! Applying the plan updates each node with its object version and retries on a conflict.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +45,32 @@ pub fn group_of(service: &Service) -> String {
         ServiceKind::Router => "router".into(),
         ServiceKind::Pooler => "pooler".into(),
     }
+}
+
+/// The tier a member avoids sharing a node with: etcd members avoid database members and
+/// database members avoid etcd members. When the etcd raft leader dies together with the
+/// Patroni leader, the new raft leader restarts every lease at its full TTL, so failover takes
+/// several seconds longer than when only the Patroni leader is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Database,
+    Etcd,
+    Other,
+}
+
+fn tier_of(service: &Service) -> Tier {
+    match service.kind {
+        ServiceKind::Data { .. } => Tier::Database,
+        ServiceKind::Etcd => Tier::Etcd,
+        _ => Tier::Other,
+    }
+}
+
+fn tiers_clash(a: Tier, b: Tier) -> bool {
+    matches!(
+        (a, b),
+        (Tier::Database, Tier::Etcd) | (Tier::Etcd, Tier::Database)
+    )
 }
 
 /// Where one member goes.
@@ -171,8 +200,8 @@ pub fn plan(
             .as_ref()
             .and_then(|z| n.labels.get(z).cloned())
     };
-    // Members placed so far: node id -> (member, group).
-    let mut placed: Vec<(String, String, String)> = Vec::new();
+    // Members placed so far: (node id, member, group, tier).
+    let mut placed: Vec<(String, String, String, Tier)> = Vec::new();
     let mut assignments = Vec::new();
     let mut pending = Vec::new();
 
@@ -213,7 +242,12 @@ pub fn plan(
             };
         match chosen {
             Some((node, unchanged)) => {
-                placed.push((node.id.clone(), service.name.clone(), group.clone()));
+                placed.push((
+                    node.id.clone(),
+                    service.name.clone(),
+                    group.clone(),
+                    tier_of(service),
+                ));
                 assignments.push(Assignment {
                     member: service.name.clone(),
                     group,
@@ -229,6 +263,7 @@ pub fn plan(
     }
 
     for (service, label, group) in pending {
+        let tier = tier_of(service);
         let mut own = service.placement.all_constraints();
         own.retain(|c| !c.contains(label.as_str()));
         let candidates: Vec<&NodeView> = nodes
@@ -238,13 +273,13 @@ pub fn plan(
         let score = |n: &NodeView| {
             let same_group_here = placed
                 .iter()
-                .filter(|(id, _, g)| *id == n.id && *g == group)
+                .filter(|(id, _, g, _)| *id == n.id && *g == group)
                 .count();
             let zone = zone_of(n);
             let same_group_zone = match &zone {
                 Some(z) => placed
                     .iter()
-                    .filter(|(id, _, g)| {
+                    .filter(|(id, _, g, _)| {
                         *g == group
                             && nodes
                                 .iter()
@@ -256,10 +291,15 @@ pub fn plan(
                     .count(),
                 None => 0,
             };
-            let total_here = placed.iter().filter(|(id, _, _)| *id == n.id).count();
+            let other_tier_here = placed
+                .iter()
+                .filter(|(id, _, _, t)| *id == n.id && tiers_clash(tier, *t))
+                .count();
+            let total_here = placed.iter().filter(|(id, _, _, _)| *id == n.id).count();
             (
                 same_group_here,
                 same_group_zone,
+                other_tier_here,
                 total_here,
                 n.hostname.clone(),
             )
@@ -279,7 +319,12 @@ pub fn plan(
                 service.name
             )));
         };
-        placed.push((node.id.clone(), service.name.clone(), group.clone()));
+        placed.push((
+            node.id.clone(),
+            service.name.clone(),
+            group.clone(),
+            tier_of(service),
+        ));
         assignments.push(Assignment {
             member: service.name.clone(),
             group,
@@ -312,6 +357,71 @@ pub fn plan(
                 assignments.iter().filter(|a| a.group == *group).count()
             ));
         }
+    }
+
+    // etcd members on database members' nodes: the trade, and why it was made.
+    let tier_of_member = |member: &str| {
+        members
+            .iter()
+            .find(|s| s.name == member)
+            .map_or(Tier::Other, |s| tier_of(s))
+    };
+    let database = assignments
+        .iter()
+        .filter(|a| tier_of_member(&a.member) == Tier::Database)
+        .count();
+    let etcd = assignments
+        .iter()
+        .filter(|a| tier_of_member(&a.member) == Tier::Etcd)
+        .count();
+    let too_few = schedulable < database + etcd;
+    let mut shared = Vec::new();
+    for a in assignments
+        .iter()
+        .filter(|a| tier_of_member(&a.member) == Tier::Etcd)
+    {
+        let with: Vec<&str> = assignments
+            .iter()
+            .filter(|b| b.node_id == a.node_id && tier_of_member(&b.member) == Tier::Database)
+            .map(|b| b.member.as_str())
+            .collect();
+        if with.is_empty() {
+            continue;
+        }
+        let why = if explicit_by_member.contains_key(a.member.as_str()) {
+            " (assigned there with --assign)"
+        } else if a.unchanged {
+            " (kept: it is labelled there and its volume lives there)"
+        } else if too_few {
+            ""
+        } else {
+            " (the only way to keep the etcd members on distinct nodes and zones that \
+             match their constraints)"
+        };
+        shared.push(format!(
+            "{} shares node {} with {}{why}",
+            a.member,
+            a.hostname,
+            with.join(", ")
+        ));
+    }
+    if !shared.is_empty() {
+        let remedy = if too_few {
+            format!(
+                "there are {schedulable} schedulable node(s) for {database} database and {etcd} \
+                 etcd members: with {} nodes, label-nodes keeps etcd off the database members' \
+                 nodes",
+                database + etcd
+            )
+        } else {
+            "a member keeps its node; --assign MEMBER=NODE moves it".to_string()
+        };
+        warnings.push(format!(
+            "etcd on database nodes: {}. When such a node dies, the etcd raft leader can go \
+             down with the Patroni leader and every leader lease restarts at its full ttl, so \
+             failover takes several seconds longer; {remedy}",
+            shared.join("; ")
+        ));
     }
 
     // Label changes per node.
