@@ -579,7 +579,13 @@ mod tests {
         assert_eq!(hosts.len(), 3, "{plan:?}");
         // The first two data members land in different zones.
         assert_ne!(data[0].zone, data[1].zone);
-        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        // Three nodes for six members: only etcd sharing the database nodes is warned about.
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].starts_with("etcd on database nodes"),
+            "{:?}",
+            plan.warnings
+        );
     }
 
     #[test]
@@ -646,6 +652,183 @@ mod tests {
         let err = plan(&c, &nodes, &[("pg1".into(), "zz".into())]).unwrap_err();
         assert!(err.to_string().contains("no node \"zz\""), "{err}");
         assert!(parse_assignments(&["pg1".into()]).is_err());
+    }
+
+    fn hosts_of<'a>(plan: &'a Plan, prefix: &str) -> BTreeSet<&'a str> {
+        plan.assignments
+            .iter()
+            .filter(|a| a.member.starts_with(prefix))
+            .map(|a| a.hostname.as_str())
+            .collect()
+    }
+
+    fn labelled(nodes: &mut [NodeView], host: &str, member: &str) {
+        let n = nodes
+            .iter_mut()
+            .find(|n| n.hostname == host)
+            .expect("node");
+        n.labels
+            .insert(member_label_key("demo", member), "true".into());
+    }
+
+    #[test]
+    fn six_nodes_keep_etcd_off_the_database_nodes() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let nodes: Vec<NodeView> = ["n1", "n2", "n3", "n4", "n5", "n6"]
+            .iter()
+            .map(|h| node(h, &[]))
+            .collect();
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        let data = hosts_of(&plan, "pg");
+        let etcd = hosts_of(&plan, "etcd");
+        assert_eq!(data.len(), 3, "{plan:?}");
+        assert_eq!(etcd.len(), 3, "{plan:?}");
+        assert!(data.is_disjoint(&etcd), "{plan:?}");
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn workers_avoid_etcd_nodes_rather_than_other_database_groups() {
+        // Citus: the coordinator group and etcd already have their nodes; the workers go
+        // next to the coordinators (another database group) rather than onto etcd's nodes,
+        // although both are equally busy.
+        let c = cluster(
+            "name: demo\ntopology: citus\ncitus:\n  groups:\n    - {group: 0, members: [c1, c2, c3]}\n    - {group: 1, members: [w1a, w1b], synchronous_mode: on}\n",
+        );
+        let mut nodes: Vec<NodeView> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|h| node(h, &[]))
+            .collect();
+        let etcd: Vec<String> = c
+            .labelled_members()
+            .filter(|s| s.kind == ServiceKind::Etcd)
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(etcd.len(), 3, "{etcd:?}");
+        for (member, host) in etcd.iter().zip(["a", "b", "c"]) {
+            labelled(&mut nodes, host, member);
+        }
+        for (member, host) in [("c1", "d"), ("c2", "e"), ("c3", "f")] {
+            labelled(&mut nodes, host, member);
+        }
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        let workers = hosts_of(&plan, "w1");
+        assert_eq!(workers.len(), 2, "{plan:?}");
+        assert!(
+            workers.iter().all(|h| ["d", "e", "f"].contains(h)),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.warnings.iter().any(|w| w.starts_with("etcd on database")),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[test]
+    fn three_nodes_share_etcd_with_the_database_and_say_so() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let nodes = vec![node("a", &[]), node("b", &[]), node("c", &[])];
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        // Each group is still spread over the three nodes.
+        assert_eq!(hosts_of(&plan, "pg").len(), 3, "{plan:?}");
+        assert_eq!(hosts_of(&plan, "etcd").len(), 3, "{plan:?}");
+        let warning = plan
+            .warnings
+            .iter()
+            .find(|w| w.starts_with("etcd on database nodes"))
+            .expect("a warning about etcd sharing the database nodes");
+        for needle in [
+            "etcd1 shares node",
+            "raft leader",
+            "full ttl",
+            "3 schedulable node(s) for 3 database and 3 etcd members",
+            "with 6 nodes",
+        ] {
+            assert!(warning.contains(needle), "{needle:?} in {warning}");
+        }
+        // No group shares a node with itself, so no co-location warning.
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn a_labelled_etcd_member_keeps_its_database_node() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let mut nodes: Vec<NodeView> = ["n1", "n2", "n3", "n4", "n5", "n6"]
+            .iter()
+            .map(|h| node(h, &[]))
+            .collect();
+        labelled(&mut nodes, "n1", "pg1");
+        labelled(&mut nodes, "n1", "etcd1");
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        let etcd1 = plan
+            .assignments
+            .iter()
+            .find(|a| a.member == "etcd1")
+            .expect("etcd1");
+        assert_eq!(etcd1.hostname, "n1");
+        assert!(etcd1.unchanged);
+        assert!(plan
+            .changes
+            .iter()
+            .all(|c| c.remove.is_empty() && c.hostname != "n1"));
+        // The others avoid each other's nodes.
+        let data = hosts_of(&plan, "pg");
+        let others: BTreeSet<&str> = plan
+            .assignments
+            .iter()
+            .filter(|a| a.member.starts_with("etcd") && a.member != "etcd1")
+            .map(|a| a.hostname.as_str())
+            .collect();
+        assert_eq!(data.len(), 3, "{plan:?}");
+        assert_eq!(others.len(), 2, "{plan:?}");
+        assert!(data.is_disjoint(&others), "{plan:?}");
+        let warning = plan
+            .warnings
+            .iter()
+            .find(|w| w.starts_with("etcd on database nodes"))
+            .expect("warning");
+        assert!(warning.contains("etcd1 shares node n1 with pg1 (kept"), "{warning}");
+        assert!(warning.contains("--assign MEMBER=NODE"), "{warning}");
+    }
+
+    #[test]
+    fn zones_come_before_keeping_etcd_apart() {
+        // Zone b has one node: its etcd member shares it with a database member rather than
+        // put two etcd members in one zone (losing that zone would lose etcd's quorum).
+        let c = cluster("name: demo\ntopology: patroni\nplacement:\n  zone_label: zone\n");
+        let nodes = vec![
+            node("a1", &[("zone", "a")]),
+            node("a2", &[("zone", "a")]),
+            node("a3", &[("zone", "a")]),
+            node("b1", &[("zone", "b")]),
+            node("c1", &[("zone", "c")]),
+            node("c2", &[("zone", "c")]),
+        ];
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        let zones = |prefix: &str| -> BTreeSet<Option<String>> {
+            plan.assignments
+                .iter()
+                .filter(|a| a.member.starts_with(prefix))
+                .map(|a| a.zone.clone())
+                .collect()
+        };
+        assert_eq!(zones("pg").len(), 3, "{plan:?}");
+        assert_eq!(zones("etcd").len(), 3, "{plan:?}");
+        let data = hosts_of(&plan, "pg");
+        let etcd = hosts_of(&plan, "etcd");
+        assert_eq!(
+            data.intersection(&etcd).copied().collect::<Vec<_>>(),
+            vec!["b1"],
+            "{plan:?}"
+        );
+        let warning = plan
+            .warnings
+            .iter()
+            .find(|w| w.starts_with("etcd on database nodes"))
+            .expect("warning");
+        assert!(warning.contains("shares node b1"), "{warning}");
+        assert!(warning.contains("distinct nodes and zones"), "{warning}");
     }
 
     #[test]
