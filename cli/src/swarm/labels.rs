@@ -395,8 +395,8 @@ pub fn plan(
         } else if too_few {
             ""
         } else {
-            " (the only way to keep the etcd members on distinct nodes and zones that \
-             match their constraints)"
+            " (to keep the etcd members on distinct nodes and apart across zones, on nodes \
+             that match their constraints)"
         };
         shared.push(format!(
             "{} shares node {} with {}{why}",
@@ -663,10 +663,7 @@ mod tests {
     }
 
     fn labelled(nodes: &mut [NodeView], host: &str, member: &str) {
-        let n = nodes
-            .iter_mut()
-            .find(|n| n.hostname == host)
-            .expect("node");
+        let n = nodes.iter_mut().find(|n| n.hostname == host).expect("node");
         n.labels
             .insert(member_label_key("demo", member), "true".into());
     }
@@ -719,7 +716,10 @@ mod tests {
             "{plan:?}"
         );
         assert!(
-            !plan.warnings.iter().any(|w| w.starts_with("etcd on database")),
+            !plan
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("etcd on database")),
             "{:?}",
             plan.warnings
         );
@@ -788,7 +788,10 @@ mod tests {
             .iter()
             .find(|w| w.starts_with("etcd on database nodes"))
             .expect("warning");
-        assert!(warning.contains("etcd1 shares node n1 with pg1 (kept"), "{warning}");
+        assert!(
+            warning.contains("etcd1 shares node n1 with pg1 (kept"),
+            "{warning}"
+        );
         assert!(warning.contains("--assign MEMBER=NODE"), "{warning}");
     }
 
@@ -828,7 +831,7 @@ mod tests {
             .find(|w| w.starts_with("etcd on database nodes"))
             .expect("warning");
         assert!(warning.contains("shares node b1"), "{warning}");
-        assert!(warning.contains("distinct nodes and zones"), "{warning}");
+        assert!(warning.contains("apart across zones"), "{warning}");
     }
 
     #[test]
