@@ -108,6 +108,8 @@ fn patroni_yml(service: &StackService) -> Json {
             spec.postgres.allowed_cidrs.clone()
         },
         patroni_version: PatroniVersion::parse("patroni 4.0.7"),
+        current_address: None,
+        liveness_port: None,
     };
     // Each member reads the same secret files (checked separately below); the values stand
     // for their contents.

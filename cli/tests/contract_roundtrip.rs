@@ -76,6 +76,8 @@ fn sidecar_accepts(member: &MemberEnv, bin_dir: &str) -> Result<(), String> {
                 bin_dir: bin_dir.to_string(),
                 allowed_cidrs: vec!["10.0.0.0/24".into()],
                 patroni_version: PatroniVersion::parse("patroni 4.0.7"),
+                current_address: Some("10.0.0.7".into()),
+                liveness_port: Some(8010),
             };
             let credentials = PatroniCredentials {
                 superuser_password: "s".into(),

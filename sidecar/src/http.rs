@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.0 GET for the health endpoints of Patroni's REST API and etcd, which
-//! answer small plain-HTTP requests on the member's own ports. Nothing else needs HTTP, so no
-//! HTTP client crate is pulled in for it.
+//! A minimal HTTP/1.0 client for the health endpoints of Patroni's REST API and etcd, and for
+//! etcd's JSON gateway (`POST /v3/kv/...`), which answer small plain-HTTP requests. Nothing
+//! else needs HTTP, so no HTTP client crate is pulled in for it.
 
 use std::time::Duration;
 
@@ -33,6 +33,57 @@ pub async fn get(
     .await
     .with_context(|| format!("no answer from {target} within {} s", timeout.as_secs_f32()))?
     .with_context(|| format!("GET {target}"))
+}
+
+/// The status code and body of `POST http://host:port/path` with a JSON `body`, within
+/// `timeout`.
+pub async fn post_json(
+    host: &str,
+    port: u16,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    send_json("POST", host, port, path, None, body, timeout).await
+}
+
+/// The status code and body of `METHOD http://host:port/path` with a JSON `body` and, when
+/// given, HTTP basic auth `(user, password)`, within `timeout`.
+pub async fn send_json(
+    method: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+    basic_auth: Option<(&str, &str)>,
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    use base64::Engine as _;
+    let target = format!("http://{host}:{port}{path}");
+    let auth = basic_auth
+        .map(|(user, password)| {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            format!("Authorization: Basic {token}\r\n")
+        })
+        .unwrap_or_default();
+    tokio::time::timeout(timeout, async {
+        let mut stream = TcpStream::connect((host, port))
+            .await
+            .with_context(|| format!("connecting to {host}:{port}"))?;
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {host}:{port}\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.take(MAX_RESPONSE).read_to_end(&mut raw).await?;
+        parse_response(&raw)
+    })
+    .await
+    .with_context(|| format!("no answer from {target} within {} s", timeout.as_secs_f32()))?
+    .with_context(|| format!("{method} {target}"))
 }
 
 /// Splits a raw HTTP response into its status code and body.

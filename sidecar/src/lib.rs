@@ -8,6 +8,7 @@
 pub mod etcd;
 pub mod health;
 pub mod http;
+pub mod liveness;
 pub mod logging;
 pub mod patroni;
 pub mod pooler;

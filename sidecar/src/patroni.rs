@@ -181,6 +181,13 @@ pub struct HostFacts {
     pub allowed_cidrs: Vec<String>,
     /// The installed Patroni, when known.
     pub patroni_version: Option<PatroniVersion>,
+    /// This container's current address on the network the cluster shares, found on every
+    /// start; other members reach this one by it. `None` leaves the member name (or the
+    /// contract's explicit connect host).
+    pub current_address: Option<String>,
+    /// The port of this sidecar's liveness listener (see [`crate::liveness`]), published in
+    /// the member key so the other members notice at once when this container dies.
+    pub liveness_port: Option<u16>,
 }
 
 /// `patroni.yml`, the subset of Patroni's settings pgswarm uses.
@@ -198,6 +205,9 @@ pub struct PatroniYml {
     pub bootstrap: Bootstrap,
     pub postgresql: PostgresqlSection,
     pub watchdog: Watchdog,
+    /// Patroni tags; custom ones are published as they are in the member key.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Patroni's own log settings.
@@ -351,10 +361,23 @@ pub fn pgpass_path(common: &Common) -> String {
     common.patroni_pgpass_path()
 }
 
-/// The host other members reach this one by: the explicit connect host, else the member
-/// (service) name.
-pub fn connect_host<'a>(common: &'a Common, postgres: &'a Postgres) -> &'a str {
-    postgres.connect_host.as_deref().unwrap_or(&common.member)
+/// The host other members reach this one by: the explicit connect host, else this
+/// container's current address when known, else the member (service) name.
+///
+/// Not the name when the address is known: Patroni (with an etcd DCS) resolves names through
+/// its own DNS cache, kept 600 s, so after Swarm replaces a member's task (new overlay IP) the
+/// others would keep calling its old address for minutes. The address is found again on every
+/// start and written into the member key, which every member reads each loop.
+pub fn connect_host<'a>(
+    common: &'a Common,
+    postgres: &'a Postgres,
+    host: &'a HostFacts,
+) -> &'a str {
+    postgres
+        .connect_host
+        .as_deref()
+        .or(host.current_address.as_deref())
+        .unwrap_or(&common.member)
 }
 
 /// pg_hba.conf lines: the postgres OS user over the local socket, Patroni's local replication
@@ -391,7 +414,17 @@ pub fn render(
     }
     let pg = spec.postgres;
     rules::check_parameters(&pg.parameters, true)?;
-    let connect = connect_host(common, pg);
+    let connect = connect_host(common, pg, host);
+    let tags = host
+        .liveness_port
+        .map(|port| {
+            (
+                crate::liveness::TAG.to_string(),
+                format!("{connect}:{port}"),
+            )
+        })
+        .into_iter()
+        .collect();
 
     // Cluster-wide parameters: what replication, pg_rewind and failover need.
     let mut dcs_parameters: BTreeMap<String, String> = [
@@ -468,7 +501,7 @@ pub fn render(
                 retry_timeout: timing.retry_timeout,
                 maximum_lag_on_failover: spec.maximum_lag_on_failover,
                 synchronous_mode: SyncModeValue(spec.synchronous_mode),
-                primary_start_timeout: primary_start_timeout(spec.synchronous_mode),
+                primary_start_timeout: primary_start_timeout(spec.synchronous_mode, timing.ttl),
                 failsafe_mode: true,
                 postgresql: DcsPostgresql {
                     use_pg_rewind: true,
@@ -499,23 +532,25 @@ pub fn render(
             parameters: local_parameters,
         },
         watchdog: Watchdog { mode: "off".into() },
+        tags,
     })
 }
 
-/// `primary_start_timeout` for a synchronous mode. Swarm restarts a killed container within
-/// seconds, while the leader lock (ttl) is still held: with Patroni's default the restarted
-/// member keeps its lock and starts PostgreSQL again in place as the primary, so a crashed
-/// primary causes no failover at all, only an outage as long as its restart.
+/// `primary_start_timeout`: how long a primary whose PostgreSQL crashed (Patroni alive, the
+/// lock held, the data directory intact) may take to come back in place before Patroni fails
+/// over. Crash recovery takes well under a second, and [`watch_postmaster`] wakes Patroni at
+/// once, so restarting in place is the fastest recovery and loses nothing.
 ///
-/// - Synchronous mode on or quorum: `0`, fail over at once to a synchronous standby. Every
-///   acknowledged commit is on such a standby, so promoting it loses nothing, and it is
-///   faster than crash recovery in place. (Patroni still restarts in place when no member
-///   can take over.)
-/// - Off: Patroni's default. An asynchronous standby may lack the last acknowledged commits;
-///   restarting the crashed primary in place keeps them, at the cost of a longer outage.
-fn primary_start_timeout(mode: SynchronousMode) -> Option<u32> {
+/// - Synchronous mode on or quorum: the lock's ttl. A restart that does not succeed within it
+///   gives way to a synchronous standby, which has every acknowledged commit.
+/// - Off: Patroni's default (300 s). An asynchronous standby may lack the last acknowledged
+///   commits; the crashed primary gets longer to come back with them.
+///
+/// A killed container is another case: its sidecar's liveness port closes and the other
+/// members release its key at once (see [`crate::liveness`]).
+fn primary_start_timeout(mode: SynchronousMode, ttl: u32) -> Option<u32> {
     match mode {
-        SynchronousMode::On | SynchronousMode::Quorum => Some(0),
+        SynchronousMode::On | SynchronousMode::Quorum => Some(ttl),
         SynchronousMode::Off => None,
     }
 }
@@ -582,6 +617,37 @@ pub async fn installed_version() -> Option<PatroniVersion> {
     }
 }
 
+/// This container's address on the network that reaches `targets` (the etcd members, which
+/// share the cluster's overlay network): the source address the kernel picks for them. A UDP
+/// socket's connect only selects the route; nothing is sent.
+pub async fn current_address(targets: &[Endpoint]) -> Option<String> {
+    for target in targets {
+        let Ok(addrs) = tokio::net::lookup_host((target.host.as_str(), target.port)).await else {
+            continue;
+        };
+        for addr in addrs {
+            let bind: std::net::SocketAddr = if addr.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let Ok(socket) = std::net::UdpSocket::bind(bind) else {
+                continue;
+            };
+            if socket.connect(addr).is_err() {
+                continue;
+            }
+            if let Ok(local) = socket.local_addr() {
+                let ip = local.ip();
+                if !ip.is_loopback() && !ip.is_unspecified() {
+                    return Some(ip.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Waits until one of the etcd endpoints answers `GET /health` with a healthy cluster.
 async fn wait_for_etcd(common: &Common, hosts: &[Endpoint]) -> anyhow::Result<()> {
     let list = hosts
@@ -622,10 +688,12 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         .map_err(|e| ConfigError(e.to_string()))?;
     crate::check_role_names(common)?;
     let bin_dir = postgres::find_bin_dir(spec.postgres.bin_dir.as_deref())?;
-    let host = HostFacts {
+    let mut host = HostFacts {
         bin_dir: bin_dir.display().to_string(),
         allowed_cidrs: postgres::allowed_cidrs(spec.postgres)?,
         patroni_version: installed_version().await,
+        current_address: None,
+        liveness_port: None,
     };
     let credentials = PatroniCredentials {
         superuser_password: secrets.get(Secret::SuperuserPassword)?.expose().to_string(),
@@ -635,9 +703,39 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
             .to_string(),
         rest_password: secrets.get(Secret::RestPassword)?.expose().to_string(),
     };
+    // Rendered and written now, so a bad setting fails before the wait for etcd; written
+    // again below with this container's current address once etcd answers.
+    let path = config_path(common);
+    let first =
+        render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
+    templates::write_private(Path::new(&path), to_text(&first)?.as_bytes())?;
+    wait_for_etcd(common, spec.etcd_hosts).await?;
+    if spec.postgres.connect_host.is_none() {
+        host.current_address = current_address(spec.etcd_hosts).await;
+        match &host.current_address {
+            Some(address) => info!(%address, "other members reach this one at its current address"),
+            None => warn!(
+                member = %common.member,
+                "cannot tell this container's address on the cluster's network: other members \
+                 reach it by name (Patroni caches names for 600 s, a replaced task is then \
+                 reached late)"
+            ),
+        }
+    }
+    // The liveness port lives as long as this process, which outlives Patroni.
+    match tokio::net::TcpListener::bind((spec.postgres.listen_address.as_str(), 0)).await {
+        Ok(listener) => {
+            host.liveness_port = listener.local_addr().ok().map(|a| a.port());
+            tokio::spawn(crate::liveness::serve(listener));
+        }
+        Err(e) => warn!(
+            error = %e,
+            "cannot open the liveness port: if this member's container dies while it leads, \
+             the others wait for its leader lock to expire"
+        ),
+    }
     let config =
         render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
-    let path = config_path(common);
     templates::write_private(Path::new(&path), to_text(&config)?.as_bytes())?;
     info!(
         path = %path,
@@ -645,6 +743,8 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         patroni = %host.patroni_version.map_or("unknown".into(), |v| v.to_string()),
         bin_dir = %host.bin_dir,
         citus_group = ?config.citus.as_ref().map(|c| c.group),
+        connect_address = %config.postgresql.connect_address,
+        liveness = ?config.tags.get(crate::liveness::TAG),
         "rendered patroni.yml"
     );
     // Patroni asks the other members for their state through a Python thread pool, whose
@@ -653,9 +753,109 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
     if nix::unistd::access("/dev/shm", nix::unistd::AccessFlags::W_OK).is_err() {
         warn!("/dev/shm is not writable: Patroni will fail when it has to elect a new leader; mount a tmpfs there");
     }
-    wait_for_etcd(common, spec.etcd_hosts).await?;
+    tokio::spawn(crate::liveness::watch_leader(
+        crate::liveness::Etcd::new(spec.etcd_hosts.to_vec()),
+        crate::liveness::Keys::new(&common.cluster, spec.citus.map(|c| c.group)),
+        common.member.clone(),
+    ));
+    tokio::spawn(watch_postmaster(
+        common.pgdata(),
+        http::local_host(&spec.postgres.listen_address).to_string(),
+        spec.rest_port,
+        common.rest_user.clone(),
+        credentials.rest_password.clone(),
+    ));
     let child = ChildSpec::new("patroni", "patroni").arg(&path);
     supervise::supervise(child, std::future::pending()).await
+}
+
+/// How often the postmaster is looked at.
+const POSTMASTER_POLL: Duration = Duration::from_millis(100);
+
+/// The pid in `postmaster.pid` (its first line), if the file is there.
+fn postmaster_pid(pgdata: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("{pgdata}/postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Whether process `pid` is gone (no such process, or a zombie not yet reaped).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => matches!(
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+    }
+}
+
+/// Wakes Patroni's HA loop at once when the postmaster dies (its pid gone while
+/// `postmaster.pid` still names it: a clean stop removes the file). Patroni would otherwise
+/// notice only on its next loop (up to `loop_wait` seconds later); woken, a leader that still
+/// holds its lock restarts PostgreSQL in place right away (crash recovery takes well under a
+/// second). The wake-up is Patroni's own: `PATCH /config` with a change that changes nothing
+/// (an empty `postgresql` section merged into the existing one) writes nothing and wakes the
+/// loop.
+async fn watch_postmaster(
+    pgdata: String,
+    rest_host: String,
+    rest_port: u16,
+    rest_user: String,
+    rest_password: String,
+) {
+    let mut watched: Option<i32> = None;
+    loop {
+        tokio::time::sleep(POSTMASTER_POLL).await;
+        let Some(pid) = postmaster_pid(&pgdata) else {
+            watched = None;
+            continue;
+        };
+        if !process_gone(pid) {
+            watched = Some(pid);
+            continue;
+        }
+        if watched != Some(pid) {
+            // Already gone when first seen (a stale file from before this start): Patroni
+            // handles it; only a death seen happening is reported.
+            continue;
+        }
+        watched = None;
+        warn!(pid, "the postmaster died: waking Patroni to handle it now");
+        // Patroni counts an unreaped (zombie) postmaster as running: wake it once the process
+        // is gone for good, and once more a second later if it has not started a new one.
+        for _ in 0..200 {
+            if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        wake_patroni(&rest_host, rest_port, &rest_user, &rest_password).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if postmaster_pid(&pgdata) == Some(pid) {
+            wake_patroni(&rest_host, rest_port, &rest_user, &rest_password).await;
+        }
+    }
+}
+
+/// Wakes Patroni's HA loop: `PATCH /config` with a change that changes nothing.
+async fn wake_patroni(rest_host: &str, rest_port: u16, rest_user: &str, rest_password: &str) {
+    let answer = http::send_json(
+        "PATCH",
+        rest_host,
+        rest_port,
+        "/config",
+        Some((rest_user, rest_password)),
+        r#"{"postgresql": {}}"#,
+        Duration::from_secs(3),
+    )
+    .await;
+    match answer {
+        Ok((200, _)) => info!("Patroni woken after the postmaster's death"),
+        Ok((code, body)) => warn!(code, body = %body.trim(), "Patroni did not take the wake-up"),
+        Err(e) => warn!(error = %format!("{e:#}"), "cannot wake Patroni"),
+    }
 }
 
 /// Health: Patroni's HA loop is alive (`GET /liveness` answers 200). Not `/health`, which
@@ -722,6 +922,8 @@ mod tests {
                 minor: 0,
                 patch: 7,
             }),
+            current_address: None,
+            liveness_port: None,
         }
     }
 
@@ -842,6 +1044,33 @@ mod tests {
     }
 
     #[test]
+    fn the_current_address_is_advertised_with_the_liveness_tag() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let mut h = host();
+        h.current_address = Some("10.0.1.7".into());
+        h.liveness_port = Some(40001);
+        let config = render(&common(), &spec(&pg, &etcd), &h, &credentials()).unwrap();
+        assert_eq!(config.restapi.connect_address, "10.0.1.7:8008");
+        assert_eq!(config.postgresql.connect_address, "10.0.1.7:5432");
+        assert_eq!(
+            config.tags.get(crate::liveness::TAG).map(String::as_str),
+            Some("10.0.1.7:40001")
+        );
+        // An explicit connect host still wins.
+        let pg = Postgres {
+            connect_host: Some("db.example".into()),
+            ..Postgres::default()
+        };
+        let config = render(&common(), &spec(&pg, &etcd), &h, &credentials()).unwrap();
+        assert_eq!(config.postgresql.connect_address, "db.example:5432");
+        // Without a liveness port no tag is written.
+        let config = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+        assert!(config.tags.is_empty());
+        assert!(yaml_of(&config).get("tags").is_none());
+    }
+
+    #[test]
     fn pg_hba_allows_only_scram_from_the_networks_and_local_replication_checks() {
         let pg = Postgres::default();
         let etcd = etcd();
@@ -938,13 +1167,13 @@ mod tests {
     }
 
     #[test]
-    fn a_crashed_primary_fails_over_at_once_only_in_synchronous_modes() {
+    fn a_crashed_primary_restarts_in_place_within_the_ttl_in_synchronous_modes() {
         let pg = Postgres::default();
         let etcd = etcd();
         let mut s = spec(&pg, &etcd);
         for (mode, expected) in [
-            (SynchronousMode::On, Some(0)),
-            (SynchronousMode::Quorum, Some(0)),
+            (SynchronousMode::On, Some(20)),
+            (SynchronousMode::Quorum, Some(20)),
             (SynchronousMode::Off, None),
         ] {
             s.synchronous_mode = mode;

@@ -9,11 +9,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use nix::sys::signal::Signal;
 use pgswarm_contract::{Common, Endpoint, MemberEnv, PoolMode, Role, Secret};
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::secrets::Secrets;
 use crate::supervise::{self, ChildSpec};
@@ -199,22 +199,108 @@ pub async fn run(
     secrets: &Secrets,
     templates: &Templates,
 ) -> anyhow::Result<i32> {
-    let config = config_of(member)?;
+    let mut config = config_of(member)?;
     let password = secrets.get(Secret::SuperuserPassword)?;
+    let router = config.target_host.clone();
+    if let Some(address) = resolve(&router, config.target_port).await {
+        info!(router = %router, %address, "PgBouncer connects to the router's current address");
+        config.target_host = address;
+    }
     let child = prepare(&member.common, templates, &config, password.expose()).map_err(|e| {
         match e.downcast::<PoolerConfigError>() {
             Ok(e) => ConfigError(e.to_string()).into(),
             Err(e) => e,
         }
     })?;
+    tokio::spawn(follow_router(
+        member.common.clone(),
+        templates.clone(),
+        config,
+        router,
+    ));
     supervise::supervise(child, std::future::pending()).await
 }
 
-/// Health: PgBouncer accepts connections on its port.
+/// How often the router's name is resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(2);
+
+/// The router's current address: the lowest of the addresses its name resolves to (one of
+/// its tasks with `endpoint_mode: dnsrr`), so the choice is stable while they stay. `None`
+/// when it does not resolve (yet).
+async fn resolve(host: &str, port: u16) -> Option<String> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let mut addrs: Vec<std::net::IpAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .ok()?
+        .map(|a| a.ip())
+        .collect();
+    addrs.sort();
+    addrs.first().map(ToString::to_string)
+}
+
+/// Keeps PgBouncer's target on the router's current address. PgBouncer caches a name's answer
+/// for as long as the DNS TTL says (Docker answers 600 s), so after the router's task is
+/// replaced it would keep connecting to the old address for minutes: the sidecar resolves the
+/// name itself and, when the answer changes, rewrites pgbouncer.ini and reloads PgBouncer
+/// (SIGHUP; its server connections to the old address are closed as they are released).
+async fn follow_router(
+    common: Common,
+    templates: Templates,
+    mut config: PoolerConfig,
+    router: String,
+) {
+    loop {
+        tokio::time::sleep(RESOLVE_EVERY).await;
+        let Some(address) = resolve(&router, config.target_port).await else {
+            continue;
+        };
+        if address == config.target_host {
+            continue;
+        }
+        let previous = std::mem::replace(&mut config.target_host, address.clone());
+        let text = match render(&templates, &config) {
+            Ok(text) => text,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot render pgbouncer.ini");
+                config.target_host = previous;
+                continue;
+            }
+        };
+        if let Err(e) = write_file(&config_path(&common), text.as_bytes(), 0o640) {
+            warn!(error = %format!("{e:#}"), "cannot rewrite pgbouncer.ini");
+            config.target_host = previous;
+            continue;
+        }
+        info!(router = %router, from = %previous, to = %address,
+            "the router moved: PgBouncer reloads with its new address");
+        supervise::signal_child(Signal::SIGHUP);
+    }
+}
+
+/// Health: PgBouncer accepts connections on its port, and the router it forwards to accepts
+/// connections (a pooler that cannot reach the router serves nothing). The router's name is
+/// resolved afresh here.
 pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
     let config = config_of(member)?;
     http::listening("127.0.0.1", config.port, Duration::from_secs(5)).await?;
-    Ok(format!("pooler listening on port {}", config.port))
+    http::listening(
+        &config.target_host,
+        config.target_port,
+        Duration::from_secs(5),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "the pooler cannot reach the router at {}:{}",
+            config.target_host, config.target_port
+        )
+    })?;
+    Ok(format!(
+        "pooler listening on port {}, router {}:{} reachable",
+        config.port, config.target_host, config.target_port
+    ))
 }
 
 #[cfg(test)]

@@ -355,6 +355,12 @@ pub fn install_signal_handlers() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Delivers `signal` to the supervised child as if the sidecar had received it (e.g. SIGHUP
+/// to make it reload a configuration the sidecar rewrote).
+pub fn signal_child(signal: Signal) {
+    hub().publish(signal);
+}
+
 /// True once the sidecar was asked to stop (SIGTERM, SIGINT or SIGQUIT).
 pub fn stop_requested() -> bool {
     *hub().terminating.borrow()

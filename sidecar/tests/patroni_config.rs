@@ -159,8 +159,11 @@ fn a_citus_member_renders_its_group_then_waits_for_etcd_and_gives_up_naming_it()
     assert_eq!(y["citus"]["group"], 1);
     assert_eq!(y["citus"]["database"], "citus");
     assert_eq!(y["bootstrap"]["dcs"]["synchronous_mode"], true);
-    // Synchronous: a crashed primary fails over to a synchronous standby at once.
-    assert_eq!(y["bootstrap"]["dcs"]["primary_start_timeout"], 0);
+    // Synchronous: a crashed primary restarts in place, or fails over after the ttl.
+    assert_eq!(
+        y["bootstrap"]["dcs"]["primary_start_timeout"],
+        y["bootstrap"]["dcs"]["ttl"]
+    );
     assert_eq!(y["restapi"]["authentication"]["password"], REST_PASSWORD);
     assert_eq!(
         y["postgresql"]["authentication"]["superuser"]["password"],

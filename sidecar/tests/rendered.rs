@@ -37,6 +37,8 @@ fn rendered() -> Vec<(&'static str, String)> {
             minor: 0,
             patch: 7,
         }),
+        current_address: Some("10.0.1.5".into()),
+        liveness_port: Some(40123),
     };
     let mut postgres = Postgres::default();
     postgres

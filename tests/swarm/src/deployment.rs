@@ -337,6 +337,11 @@ impl Deployment {
     }
 
     /// Full Swarm service name of stack service `key`.
+    /// The cluster spec this deployment was generated from (for `swarmctl -f`).
+    pub fn spec_path(&self) -> PathBuf {
+        self.dir.join("cluster.yml")
+    }
+
     pub fn service_name(&self, key: &str) -> String {
         format!("{}_{key}", self.name)
     }

@@ -486,6 +486,7 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
         },
     )
     .await?;
+    ensure_single_primary(cluster).await?;
     ensure!(
         log.acks_after(killed_at) > 0,
         "no write was acknowledged through the router after the kill"
@@ -513,6 +514,242 @@ pub async fn failover(cluster: &PatroniCluster, table: &str) -> Result<Disruptio
             missing.is_empty(),
             "synchronous mode is on, yet {} acknowledged commits are missing after the \
              kill (first ids: {:?}); {report}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+    Ok(report)
+}
+
+/// Fails when more than one member accepts writes (is not in recovery), or none does.
+pub async fn ensure_single_primary(cluster: &PatroniCluster) -> Result<String> {
+    let mut writable = Vec::new();
+    for key in &cluster.members {
+        let rows = cluster
+            .query_member(key, "SELECT pg_is_in_recovery()")
+            .await?;
+        let in_recovery = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default();
+        if in_recovery == "f" || in_recovery == "false" {
+            writable.push(key.clone());
+        }
+    }
+    ensure!(
+        writable.len() == 1,
+        "{} members accept writes (not in recovery): {writable:?}",
+        writable.len()
+    );
+    Ok(writable.remove(0))
+}
+
+/// Commits a throw-away write through `endpoint` (router or pooler), retrying until it works
+/// or [`RECOVERY_TIMEOUT`] passes.
+async fn write_through(endpoint: &Endpoint, what: &str) -> Result<()> {
+    wait_until(
+        &format!("a write through {what}"),
+        RECOVERY_TIMEOUT,
+        || async {
+            let client = match endpoint.connect_once(Duration::from_secs(3)).await {
+                Ok(c) => c,
+                Err(e) => return Ok(Check::Pending(format!("{e:#}"))),
+            };
+            Ok(
+                match client
+                    .simple_query(
+                        "BEGIN; CREATE TEMP TABLE pgswarm_probe (i int) ON COMMIT DROP; \
+                     INSERT INTO pgswarm_probe VALUES (1); COMMIT",
+                    )
+                    .await
+                {
+                    Ok(_) => Check::Done,
+                    Err(e) => Check::Pending(e.to_string()),
+                },
+            )
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Replaces one task of each kind (a replica, an etcd member, the router, the pooler) with
+/// `docker service update --force`; after each, a write must go through the router and the
+/// pooler. Then `swarmctl switchover --to` every member in turn: each must be accepted (Patroni
+/// refuses a candidate it cannot reach, e.g. at a replaced task's stale address). Returns the
+/// replaced service keys.
+pub async fn replaced_tasks(cluster: &PatroniCluster) -> Result<Vec<String>> {
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let leader = cluster.leader().await?;
+    let replica = cluster
+        .members
+        .iter()
+        .find(|m| **m != leader)
+        .cloned()
+        .ok_or_else(|| anyhow!("no replica"))?;
+    let stack = &cluster.dep.stack;
+    let etcd = stack
+        .services()?
+        .into_iter()
+        .find(|s| s.env.mode() == Mode::Etcd)
+        .map(|s| s.key)
+        .ok_or_else(|| anyhow!("no etcd service in the stack"))?;
+    let router = stack.only_service(Mode::Router)?.key.clone();
+    let pooler = stack.only_service(Mode::Pooler)?.key.clone();
+    let kinds = vec![replica, etcd, router, pooler];
+    for key in &kinds {
+        let container = cluster
+            .dep
+            .container(key)
+            .await?
+            .ok_or_else(|| anyhow!("{key} has no running container"))?;
+        info!(service = %key, "docker service update --force");
+        docker_async(&[
+            "service",
+            "update",
+            "--force",
+            "--detach",
+            &cluster.dep.service_name(key),
+        ])
+        .await?;
+        wait_until(
+            &format!("{key} healthy in a new container"),
+            RECOVERY_TIMEOUT,
+            || async {
+                Ok(if replaced_and_healthy(cluster, key, &container).await? {
+                    Check::Done
+                } else {
+                    Check::Pending(format!("{key} not yet replaced and healthy"))
+                })
+            },
+        )
+        .await?;
+        cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+        write_through(&cluster.rw, &format!("the router after {key} was replaced")).await?;
+        write_through(
+            &cluster.pooler,
+            &format!("the pooler after {key} was replaced"),
+        )
+        .await?;
+    }
+    let spec = cluster.dep.spec_path();
+    for member in &cluster.members {
+        cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+        if cluster.leader().await? == *member {
+            continue;
+        }
+        info!(to = %member, "swarmctl switchover");
+        let out = tokio::process::Command::new(crate::image::swarmctl_path())
+            .arg("switchover")
+            .arg("-f")
+            .arg(&spec)
+            .arg("--to")
+            .arg(member)
+            .output()
+            .await
+            .context("cannot run swarmctl switchover")?;
+        ensure!(
+            out.status.success(),
+            "swarmctl switchover --to {member} failed after the tasks were replaced ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        wait_until(&format!("{member} leading"), RECOVERY_TIMEOUT, || async {
+            let list = cluster.list(None).await?;
+            Ok(if list.iter().any(|m| m.is_leader() && m.name == *member) {
+                Check::Done
+            } else {
+                Check::Pending(describe(&list))
+            })
+        })
+        .await?;
+        write_through(
+            &cluster.pooler,
+            &format!("the pooler with {member} leading"),
+        )
+        .await?;
+    }
+    ensure_single_primary(cluster).await?;
+    Ok(kinds)
+}
+
+/// Where a member's data directory is inside its container (the image's default data root).
+const MEMBER_PGDATA: &str = "/var/lib/pgswarm/pgdata";
+
+/// `kill -9` of the leader's postmaster under write load, Patroni and the container alive.
+/// The leader is expected to restart PostgreSQL in place (crash recovery) and keep its lock;
+/// the report says whether leadership moved instead. Lost acknowledged commits are counted;
+/// in synchronous mode any loss is an error.
+pub async fn postmaster_crash(cluster: &PatroniCluster, table: &str) -> Result<DisruptionReport> {
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let before = identities(cluster).await?;
+    let old_leader = cluster.leader().await?;
+    let probe = WriteProbe::start(cluster.rw.clone(), table).await?;
+    tokio::time::sleep(BASELINE).await;
+
+    info!(member = %old_leader, "kill -9 of the leader's postmaster");
+    let script = format!("kill -9 \"$(head -n 1 {MEMBER_PGDATA}/postmaster.pid)\"");
+    let killed_at = Instant::now();
+    cluster
+        .dep
+        .exec(&old_leader, &["sh", "-c", &script])
+        .await?;
+    let found = std::sync::Mutex::new(String::new());
+    wait_until(
+        &format!("a running leader after {old_leader}'s postmaster was killed"),
+        RECOVERY_TIMEOUT,
+        || async {
+            let list = cluster.list(None).await?;
+            Ok(
+                match list.iter().find(|m| m.is_leader() && m.state == "running") {
+                    Some(m) => {
+                        if let Ok(mut name) = found.lock() {
+                            name.clone_from(&m.name);
+                        }
+                        Check::Done
+                    }
+                    None => Check::Pending(describe(&list)),
+                },
+            )
+        },
+    )
+    .await?;
+    let leader_after = killed_at.elapsed();
+    let new_leader = found.into_inner().unwrap_or_default();
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let settled_after = killed_at.elapsed();
+    let (log, missing) = finish_probe(cluster, probe, table).await?;
+    ensure_not_reinitialised(cluster, &before).await?;
+    ensure_single_primary(cluster).await?;
+    ensure!(
+        log.acks_after(killed_at) > 0,
+        "no write was acknowledged through the router after the postmaster was killed"
+    );
+    let failed_over = new_leader != old_leader;
+    let report = DisruptionReport {
+        what: if failed_over {
+            "postmaster killed: failed over".into()
+        } else {
+            "postmaster killed: restarted in place".into()
+        },
+        old_leader,
+        new_leader,
+        failed_over,
+        write_gap: log.gap_after(killed_at),
+        client_errors: log.errors_after(killed_at),
+        acknowledged: log.acks.len(),
+        lost: missing.len(),
+        leader_after: Some(leader_after),
+        settled_after,
+        errors: log.error_summary(),
+    };
+    info!(%report, "postmaster crash measured");
+    if cluster.synchronous {
+        ensure!(
+            missing.is_empty(),
+            "synchronous mode is on, yet {} acknowledged commits are missing after the \
+             postmaster was killed (first ids: {:?}); {report}",
             missing.len(),
             &missing[..missing.len().min(10)]
         );

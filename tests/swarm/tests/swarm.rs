@@ -73,6 +73,44 @@ async fn killing_the_leader_fails_over_without_losing_commits() -> anyhow::Resul
     Ok(())
 }
 
+/// `kill -9` of the leader's postmaster under write load, synchronous mode on: Patroni
+/// restarts it in place (woken at once by the sidecar), one primary, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_postmaster_is_restarted_in_place_without_losing_commits() -> anyhow::Result<()> {
+    init_logging();
+    let image = ensure_image()?;
+    let name = deployment::unique_name("e2epm");
+    let spec = specs::patroni(&name, &image, true)?;
+    let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
+    let report = scenarios::postmaster_crash(&cluster, "postmaster_probe").await?;
+    eprintln!("{report}");
+    assert_eq!(report.lost, 0, "acknowledged commits lost: {report}");
+    assert!(
+        !report.failed_over,
+        "the crashed postmaster of {} was not restarted in place ({report})",
+        report.old_leader
+    );
+    Ok(())
+}
+
+/// Each kind of task replaced (a replica, an etcd member, the router, the pooler): writes go
+/// through the router and the pooler again, and a switchover to every member is accepted.
+/// Asynchronous mode, where every streaming replica is a valid switchover target (in
+/// synchronous mode only the synchronous standby is, and swarmctl names it instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_replaced_task_is_followed() -> anyhow::Result<()> {
+    init_logging();
+    let image = ensure_image()?;
+    let name = deployment::unique_name("e2erepl");
+    let spec = specs::patroni(&name, &image, false)?;
+    let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
+    let replaced = scenarios::replaced_tasks(&cluster).await?;
+    eprintln!(
+        "replaced {replaced:?}; writes through router and pooler; switchover to every member"
+    );
+    Ok(())
+}
+
 /// Scenario 4: `docker service update --force` on each data member in turn: writable apart
 /// from a gap, nothing lost, no member re-initialised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

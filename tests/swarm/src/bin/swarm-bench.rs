@@ -7,9 +7,10 @@
 //! test run:
 //!
 //!   cargo run --release -p pgswarm-swarm-tests --bin swarm-bench -- \
-//!       --scenario failover --scenario switchover --trials 5 --output json
+//!       --scenario kill --scenario postmaster --scenario switchover --trials 5 --output json
 //!
-//! Scenarios on a single-node swarm: `failover` (`docker kill` of the leader's container),
+//! Scenarios on a single-node swarm: `kill` (`docker kill` of the leader's container; also
+//! accepted as `failover`), `postmaster` (`kill -9` of the leader's postmaster),
 //! `switchover` (`patronictl switchover`). With `--nodes 3`, on the bed of
 //! `scripts/testbed.sh up 3` (the image put on it with `scripts/testbed.sh image TAG`):
 //! `node-loss`, `partition`, `freeze`, `drain`, `router-node-loss` (see
@@ -28,8 +29,11 @@ use std::process::ExitCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// `docker kill` of the leader's container.
-    Failover,
+    /// `docker kill` of the leader's container (`failover` is the former name).
+    #[value(alias = "failover")]
+    Kill,
+    /// `kill -9` of the leader's postmaster, Patroni and its container alive.
+    Postmaster,
     /// A planned switchover to another member.
     Switchover,
     /// Multi-node: every process of the leader's node SIGKILLed, then the node restarted.
@@ -47,7 +51,8 @@ enum Scenario {
 impl Scenario {
     fn name(self) -> &'static str {
         match self {
-            Scenario::Failover => "failover",
+            Scenario::Kill => "kill",
+            Scenario::Postmaster => "postmaster",
             Scenario::Switchover => "switchover",
             Scenario::NodeLoss => "node-loss",
             Scenario::Partition => "partition",
@@ -75,7 +80,7 @@ struct Args {
     /// Trials of each scenario.
     #[arg(long, default_value_t = 5)]
     trials: usize,
-    /// A scenario to run (repeatable); default: failover and switchover.
+    /// A scenario to run (repeatable); default: kill and switchover.
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<Scenario>,
     /// Nodes of the swarm (1: this engine's single-node swarm; more: the test bed of
@@ -160,7 +165,8 @@ async fn trial(
     table: &str,
 ) -> Result<DisruptionReport> {
     match scenario {
-        Scenario::Failover => scenarios::failover(cluster, table).await,
+        Scenario::Kill => scenarios::failover(cluster, table).await,
+        Scenario::Postmaster => scenarios::postmaster_crash(cluster, table).await,
         Scenario::Switchover => scenarios::switchover(cluster, table).await,
         other => bail!("--scenario {} needs --nodes 3", other.name()),
     }
@@ -170,7 +176,7 @@ async fn measure(args: &Args) -> Result<BenchReport> {
     let image = ensure_image()?;
     let synchronous = !args.asynchronous;
     let chosen = if args.scenarios.is_empty() {
-        vec![Scenario::Failover, Scenario::Switchover]
+        vec![Scenario::Kill, Scenario::Switchover]
     } else {
         args.scenarios.clone()
     };
