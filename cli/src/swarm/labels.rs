@@ -388,12 +388,12 @@ pub fn plan(
         if with.is_empty() {
             continue;
         }
-        let why = if explicit_by_member.contains_key(a.member.as_str()) {
+        let why = if too_few {
+            ""
+        } else if explicit_by_member.contains_key(a.member.as_str()) {
             " (assigned there with --assign)"
         } else if a.unchanged {
             " (kept: it is labelled there and its volume lives there)"
-        } else if too_few {
-            ""
         } else {
             " (to keep the etcd members on distinct nodes and apart across zones, on nodes \
              that match their constraints)"
