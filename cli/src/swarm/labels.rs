@@ -4,8 +4,11 @@
 //! Planning is a pure function of the cluster, the nodes and the operator's explicit
 //! assignments. A member keeps the node it is already labelled on while that node can run it
 //! (its volume lives there); others go where the fewest members of their group already are
-//! (then the fewest of the group in the same zone, then the fewest members at all), so a group
-//! shares a node only when there are fewer nodes than members, and that is said in a warning.
+//! (then the fewest of the group in the same zone, then the fewest members of the other tier —
+//! etcd members avoid database members' nodes and the other way round —, then the fewest
+//! members at all), so a group shares a node only when there are fewer nodes than members, and
+//! etcd shares a node with the database only when the nodes do not suffice for both (or a kept
+//! label or a zone asks for it); each is said in a warning.
 //! Applying the plan updates each node with its object version and retries on a conflict.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +45,32 @@ pub fn group_of(service: &Service) -> String {
         ServiceKind::Router => "router".into(),
         ServiceKind::Pooler => "pooler".into(),
     }
+}
+
+/// The tier a member avoids sharing a node with: etcd members avoid database members and
+/// database members avoid etcd members. When the etcd raft leader dies together with the
+/// Patroni leader, the new raft leader restarts every lease at its full TTL, so failover takes
+/// several seconds longer than when only the Patroni leader is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Database,
+    Etcd,
+    Other,
+}
+
+fn tier_of(service: &Service) -> Tier {
+    match service.kind {
+        ServiceKind::Data { .. } => Tier::Database,
+        ServiceKind::Etcd => Tier::Etcd,
+        _ => Tier::Other,
+    }
+}
+
+fn tiers_clash(a: Tier, b: Tier) -> bool {
+    matches!(
+        (a, b),
+        (Tier::Database, Tier::Etcd) | (Tier::Etcd, Tier::Database)
+    )
 }
 
 /// Where one member goes.
@@ -171,8 +200,8 @@ pub fn plan(
             .as_ref()
             .and_then(|z| n.labels.get(z).cloned())
     };
-    // Members placed so far: node id -> (member, group).
-    let mut placed: Vec<(String, String, String)> = Vec::new();
+    // Members placed so far: (node id, member, group, tier).
+    let mut placed: Vec<(String, String, String, Tier)> = Vec::new();
     let mut assignments = Vec::new();
     let mut pending = Vec::new();
 
@@ -213,7 +242,12 @@ pub fn plan(
             };
         match chosen {
             Some((node, unchanged)) => {
-                placed.push((node.id.clone(), service.name.clone(), group.clone()));
+                placed.push((
+                    node.id.clone(),
+                    service.name.clone(),
+                    group.clone(),
+                    tier_of(service),
+                ));
                 assignments.push(Assignment {
                     member: service.name.clone(),
                     group,
@@ -229,6 +263,7 @@ pub fn plan(
     }
 
     for (service, label, group) in pending {
+        let tier = tier_of(service);
         let mut own = service.placement.all_constraints();
         own.retain(|c| !c.contains(label.as_str()));
         let candidates: Vec<&NodeView> = nodes
@@ -238,13 +273,13 @@ pub fn plan(
         let score = |n: &NodeView| {
             let same_group_here = placed
                 .iter()
-                .filter(|(id, _, g)| *id == n.id && *g == group)
+                .filter(|(id, _, g, _)| *id == n.id && *g == group)
                 .count();
             let zone = zone_of(n);
             let same_group_zone = match &zone {
                 Some(z) => placed
                     .iter()
-                    .filter(|(id, _, g)| {
+                    .filter(|(id, _, g, _)| {
                         *g == group
                             && nodes
                                 .iter()
@@ -256,10 +291,15 @@ pub fn plan(
                     .count(),
                 None => 0,
             };
-            let total_here = placed.iter().filter(|(id, _, _)| *id == n.id).count();
+            let other_tier_here = placed
+                .iter()
+                .filter(|(id, _, _, t)| *id == n.id && tiers_clash(tier, *t))
+                .count();
+            let total_here = placed.iter().filter(|(id, _, _, _)| *id == n.id).count();
             (
                 same_group_here,
                 same_group_zone,
+                other_tier_here,
                 total_here,
                 n.hostname.clone(),
             )
@@ -279,7 +319,12 @@ pub fn plan(
                 service.name
             )));
         };
-        placed.push((node.id.clone(), service.name.clone(), group.clone()));
+        placed.push((
+            node.id.clone(),
+            service.name.clone(),
+            group.clone(),
+            tier_of(service),
+        ));
         assignments.push(Assignment {
             member: service.name.clone(),
             group,
@@ -312,6 +357,71 @@ pub fn plan(
                 assignments.iter().filter(|a| a.group == *group).count()
             ));
         }
+    }
+
+    // etcd members on database members' nodes: the trade, and why it was made.
+    let tier_of_member = |member: &str| {
+        members
+            .iter()
+            .find(|s| s.name == member)
+            .map_or(Tier::Other, |s| tier_of(s))
+    };
+    let database = assignments
+        .iter()
+        .filter(|a| tier_of_member(&a.member) == Tier::Database)
+        .count();
+    let etcd = assignments
+        .iter()
+        .filter(|a| tier_of_member(&a.member) == Tier::Etcd)
+        .count();
+    let too_few = schedulable < database + etcd;
+    let mut shared = Vec::new();
+    for a in assignments
+        .iter()
+        .filter(|a| tier_of_member(&a.member) == Tier::Etcd)
+    {
+        let with: Vec<&str> = assignments
+            .iter()
+            .filter(|b| b.node_id == a.node_id && tier_of_member(&b.member) == Tier::Database)
+            .map(|b| b.member.as_str())
+            .collect();
+        if with.is_empty() {
+            continue;
+        }
+        let why = if too_few {
+            ""
+        } else if explicit_by_member.contains_key(a.member.as_str()) {
+            " (assigned there with --assign)"
+        } else if a.unchanged {
+            " (kept: it is labelled there and its volume lives there)"
+        } else {
+            " (to keep the etcd members on distinct nodes and apart across zones, on nodes \
+             that match their constraints)"
+        };
+        shared.push(format!(
+            "{} shares node {} with {}{why}",
+            a.member,
+            a.hostname,
+            with.join(", ")
+        ));
+    }
+    if !shared.is_empty() {
+        let remedy = if too_few {
+            format!(
+                "there are {schedulable} schedulable node(s) for {database} database and {etcd} \
+                 etcd members: with {} nodes, label-nodes keeps etcd off the database members' \
+                 nodes",
+                database + etcd
+            )
+        } else {
+            "a member keeps its node; --assign MEMBER=NODE moves it".to_string()
+        };
+        warnings.push(format!(
+            "etcd on database nodes: {}. When such a node dies, the etcd raft leader can go \
+             down with the Patroni leader and every leader lease restarts at its full ttl, so \
+             failover takes several seconds longer; {remedy}",
+            shared.join("; ")
+        ));
     }
 
     // Label changes per node.
@@ -469,7 +579,13 @@ mod tests {
         assert_eq!(hosts.len(), 3, "{plan:?}");
         // The first two data members land in different zones.
         assert_ne!(data[0].zone, data[1].zone);
-        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        // Three nodes for six members: only etcd sharing the database nodes is warned about.
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].starts_with("etcd on database nodes"),
+            "{:?}",
+            plan.warnings
+        );
     }
 
     #[test]
@@ -536,6 +652,186 @@ mod tests {
         let err = plan(&c, &nodes, &[("pg1".into(), "zz".into())]).unwrap_err();
         assert!(err.to_string().contains("no node \"zz\""), "{err}");
         assert!(parse_assignments(&["pg1".into()]).is_err());
+    }
+
+    fn hosts_of<'a>(plan: &'a Plan, prefix: &str) -> BTreeSet<&'a str> {
+        plan.assignments
+            .iter()
+            .filter(|a| a.member.starts_with(prefix))
+            .map(|a| a.hostname.as_str())
+            .collect()
+    }
+
+    fn labelled(nodes: &mut [NodeView], host: &str, member: &str) {
+        let n = nodes.iter_mut().find(|n| n.hostname == host).expect("node");
+        n.labels
+            .insert(member_label_key("demo", member), "true".into());
+    }
+
+    #[test]
+    fn six_nodes_keep_etcd_off_the_database_nodes() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let nodes: Vec<NodeView> = ["n1", "n2", "n3", "n4", "n5", "n6"]
+            .iter()
+            .map(|h| node(h, &[]))
+            .collect();
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        let data = hosts_of(&plan, "pg");
+        let etcd = hosts_of(&plan, "etcd");
+        assert_eq!(data.len(), 3, "{plan:?}");
+        assert_eq!(etcd.len(), 3, "{plan:?}");
+        assert!(data.is_disjoint(&etcd), "{plan:?}");
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn workers_avoid_etcd_nodes_rather_than_other_database_groups() {
+        // Citus: the coordinator group and etcd already have their nodes; the workers go
+        // next to the coordinators (another database group) rather than onto etcd's nodes,
+        // although both are equally busy.
+        let c = cluster(
+            "name: demo\ntopology: citus\ncitus:\n  groups:\n    - {group: 0, members: [c1, c2, c3]}\n    - {group: 1, members: [w1a, w1b], synchronous_mode: on}\n",
+        );
+        let mut nodes: Vec<NodeView> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|h| node(h, &[]))
+            .collect();
+        let etcd: Vec<String> = c
+            .labelled_members()
+            .filter(|s| s.kind == ServiceKind::Etcd)
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(etcd.len(), 3, "{etcd:?}");
+        for (member, host) in etcd.iter().zip(["a", "b", "c"]) {
+            labelled(&mut nodes, host, member);
+        }
+        for (member, host) in [("c1", "d"), ("c2", "e"), ("c3", "f")] {
+            labelled(&mut nodes, host, member);
+        }
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        let workers = hosts_of(&plan, "w1");
+        assert_eq!(workers.len(), 2, "{plan:?}");
+        assert!(
+            workers.iter().all(|h| ["d", "e", "f"].contains(h)),
+            "{plan:?}"
+        );
+        assert!(
+            !plan
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("etcd on database")),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[test]
+    fn three_nodes_share_etcd_with_the_database_and_say_so() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let nodes = vec![node("a", &[]), node("b", &[]), node("c", &[])];
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        // Each group is still spread over the three nodes.
+        assert_eq!(hosts_of(&plan, "pg").len(), 3, "{plan:?}");
+        assert_eq!(hosts_of(&plan, "etcd").len(), 3, "{plan:?}");
+        let warning = plan
+            .warnings
+            .iter()
+            .find(|w| w.starts_with("etcd on database nodes"))
+            .expect("a warning about etcd sharing the database nodes");
+        for needle in [
+            "etcd1 shares node",
+            "raft leader",
+            "full ttl",
+            "3 schedulable node(s) for 3 database and 3 etcd members",
+            "with 6 nodes",
+        ] {
+            assert!(warning.contains(needle), "{needle:?} in {warning}");
+        }
+        // No group shares a node with itself, so no co-location warning.
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn a_labelled_etcd_member_keeps_its_database_node() {
+        let c = cluster("name: demo\ntopology: patroni\n");
+        let mut nodes: Vec<NodeView> = ["n1", "n2", "n3", "n4", "n5", "n6"]
+            .iter()
+            .map(|h| node(h, &[]))
+            .collect();
+        labelled(&mut nodes, "n1", "pg1");
+        labelled(&mut nodes, "n1", "etcd1");
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        let etcd1 = plan
+            .assignments
+            .iter()
+            .find(|a| a.member == "etcd1")
+            .expect("etcd1");
+        assert_eq!(etcd1.hostname, "n1");
+        assert!(etcd1.unchanged);
+        assert!(plan
+            .changes
+            .iter()
+            .all(|c| c.remove.is_empty() && c.hostname != "n1"));
+        // The others avoid each other's nodes.
+        let data = hosts_of(&plan, "pg");
+        let others: BTreeSet<&str> = plan
+            .assignments
+            .iter()
+            .filter(|a| a.member.starts_with("etcd") && a.member != "etcd1")
+            .map(|a| a.hostname.as_str())
+            .collect();
+        assert_eq!(data.len(), 3, "{plan:?}");
+        assert_eq!(others.len(), 2, "{plan:?}");
+        assert!(data.is_disjoint(&others), "{plan:?}");
+        let warning = plan
+            .warnings
+            .iter()
+            .find(|w| w.starts_with("etcd on database nodes"))
+            .expect("warning");
+        assert!(
+            warning.contains("etcd1 shares node n1 with pg1 (kept"),
+            "{warning}"
+        );
+        assert!(warning.contains("--assign MEMBER=NODE"), "{warning}");
+    }
+
+    #[test]
+    fn zones_come_before_keeping_etcd_apart() {
+        // Zone b has one node: its etcd member shares it with a database member rather than
+        // put two etcd members in one zone (losing that zone would lose etcd's quorum).
+        let c = cluster("name: demo\ntopology: patroni\nplacement:\n  zone_label: zone\n");
+        let nodes = vec![
+            node("a1", &[("zone", "a")]),
+            node("a2", &[("zone", "a")]),
+            node("a3", &[("zone", "a")]),
+            node("b1", &[("zone", "b")]),
+            node("c1", &[("zone", "c")]),
+            node("c2", &[("zone", "c")]),
+        ];
+        let plan = plan(&c, &nodes, &[]).expect("plan");
+        let zones = |prefix: &str| -> BTreeSet<Option<String>> {
+            plan.assignments
+                .iter()
+                .filter(|a| a.member.starts_with(prefix))
+                .map(|a| a.zone.clone())
+                .collect()
+        };
+        assert_eq!(zones("pg").len(), 3, "{plan:?}");
+        assert_eq!(zones("etcd").len(), 3, "{plan:?}");
+        let data = hosts_of(&plan, "pg");
+        let etcd = hosts_of(&plan, "etcd");
+        assert_eq!(
+            data.intersection(&etcd).copied().collect::<Vec<_>>(),
+            vec!["b1"],
+            "{plan:?}"
+        );
+        let warning = plan
+            .warnings
+            .iter()
+            .find(|w| w.starts_with("etcd on database nodes"))
+            .expect("warning");
+        assert!(warning.contains("shares node b1"), "{warning}");
+        assert!(warning.contains("apart across zones"), "{warning}");
     }
 
     #[test]
