@@ -171,23 +171,6 @@ async fn settled(hosts: &[&str], rest_port: u16, replicas: usize) -> (String, Ve
     .await
 }
 
-async fn connect_member(host: &str, port: u16) -> Result<tokio_postgres::Client, String> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(host)
-        .port(port)
-        .user("postgres")
-        .password(SUPERUSER_PASSWORD)
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(3));
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 /// Whether the member on `host` accepts writes (answers and is not in recovery).
 async fn accepts_writes(host: &str, port: u16) -> bool {
     let Ok(client) = connect_member(host, port).await else {

@@ -205,24 +205,6 @@ async fn settled(hosts: &[&str], rest_port: u16, replicas: usize) -> (String, Ve
     .await
 }
 
-/// A superuser client of the member on `host`.
-async fn connect_member(host: &str, port: u16) -> Result<tokio_postgres::Client, String> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(host)
-        .port(port)
-        .user("postgres")
-        .password(SUPERUSER_PASSWORD)
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(5));
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 /// One value of a simple-protocol query (what PgBouncer's transaction mode needs).
 async fn simple_value(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
     let messages = client.simple_query(sql).await.map_err(|e| e.to_string())?;

@@ -360,3 +360,22 @@ pub async fn system_identifier(client: &tokio_postgres::Client) -> i64 {
         .expect("pg_control_system()")
         .get(0)
 }
+
+/// A superuser client of the PostgreSQL member on `host:port` (Patroni host tests, members
+/// on their own loopback addresses).
+pub async fn connect_member(host: &str, port: u16) -> Result<tokio_postgres::Client, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user("postgres")
+        .password(SUPERUSER_PASSWORD)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(5));
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
