@@ -171,6 +171,42 @@ async fn settled(hosts: &[&str], rest_port: u16, replicas: usize) -> (String, Ve
     .await
 }
 
+/// The member Patroni's sync key names as `leader`'s synchronous standby, once it streams.
+async fn sync_standby(hosts: &[&str], rest_port: u16, leader: &str) -> String {
+    eventually(&format!("a synchronous standby of {leader}"), || async {
+        let mut last = String::new();
+        for host in hosts {
+            let view = match http::get(host, rest_port, "/cluster", Duration::from_secs(5)).await {
+                Ok((200, body)) => serde_json::from_str::<Value>(&body).unwrap_or_default(),
+                Ok((code, body)) => {
+                    last = format!("{host}: {code} {body}");
+                    continue;
+                }
+                Err(e) => {
+                    last = format!("{e:#}");
+                    continue;
+                }
+            };
+            let members = view["members"].as_array().cloned().unwrap_or_default();
+            let leads = members
+                .iter()
+                .any(|m| m["name"] == leader && m["role"] == "leader");
+            let standby = members.iter().find(|m| {
+                m["role"] == "sync_standby"
+                    && matches!(m["state"].as_str(), Some("running" | "streaming"))
+            });
+            match standby {
+                Some(m) if leads => {
+                    return Ok(m["name"].as_str().unwrap_or_default().to_string());
+                }
+                _ => last = format!("from {host}: {view}"),
+            }
+        }
+        Err(last)
+    })
+    .await
+}
+
 /// Whether the member on `host` accepts writes (answers and is not in recovery).
 async fn accepts_writes(host: &str, port: u16) -> bool {
     let Ok(client) = connect_member(host, port).await else {
@@ -361,8 +397,13 @@ async fn a_dead_leaders_key_is_released_at_once_and_a_live_ones_never() {
     drop(reborn);
 
     // 3. The leader's container dies: its whole process tree killed at once.
+    //    In synchronous mode Patroni lets only the standby named in its sync key take over (a
+    //    leader with no synchronous standby may hold commits no replica has, so nobody is
+    //    promoted): the kill comes once the sync key names a streaming standby, and the
+    //    commits below are checked to have been acknowledged by it.
     let (leader, _) = settled(&HOSTS, ports.rest, 2).await;
     let li = index_of(&leader);
+    let standby = sync_standby(&HOSTS, ports.rest, &leader).await;
     let writer = eventually("a connection to the leader", || async {
         let client = connect_member(HOSTS[li], ports.pg).await?;
         match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
@@ -384,7 +425,23 @@ async fn a_dead_leaders_key_is_released_at_once_and_a_live_ones_never() {
             .expect("insert on the leader");
         acked.push(n);
     }
+    // The standby that acknowledged them is still the synchronous one (had Patroni changed
+    // it meanwhile, the acknowledgements would not be on the member allowed to lead).
+    let sync_now: i64 = writer
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 \
+             AND sync_state IN ('sync', 'quorum')",
+            &[&standby],
+        )
+        .await
+        .expect("pg_stat_replication")
+        .get(0);
+    assert_eq!(
+        sync_now, 1,
+        "{standby} stopped being the synchronous standby"
+    );
     drop(writer);
+    assert_eq!(sync_standby(&HOSTS, ports.rest, &leader).await, standby);
     let tree: Vec<u32> = descendants(members[li].pid())
         .into_iter()
         .chain(std::iter::once(members[li].pid()))
