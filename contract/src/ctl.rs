@@ -66,6 +66,20 @@ pub enum Request {
     WriteCheck(Target),
     /// Run SQL with the simple query protocol; answers [`QueryReply`].
     Query { target: Target, sql: String },
+    /// Pause the PgBouncer of this container (its admin console on 127.0.0.1:`port`): running
+    /// transactions finish, new ones wait in PgBouncer instead of failing. Waits at most
+    /// `wait_secs` for the running ones (else it resumes and fails); the pooler resumes by
+    /// itself `max_pause_secs` after the pause, should nobody resume it. Answers
+    /// [`PoolerReply`].
+    PoolerPause {
+        port: u16,
+        wait_secs: u64,
+        max_pause_secs: u64,
+    },
+    /// Resume the PgBouncer of this container, its server connections opened anew (they may
+    /// lead to a demoted primary). Answers [`PoolerReply`]; resuming a pooler that is not
+    /// paused is not an error.
+    PoolerResume { port: u16 },
 }
 
 impl Request {
@@ -74,6 +88,8 @@ impl Request {
         match self {
             Request::WriteCheck(_) => "write-check",
             Request::Query { .. } => "query",
+            Request::PoolerPause { .. } => "pooler-pause",
+            Request::PoolerResume { .. } => "pooler-resume",
         }
     }
 
@@ -86,6 +102,19 @@ impl Request {
                 target.push_args(&mut argv);
                 argv.extend(["--sql".into(), sql.clone()]);
             }
+            Request::PoolerPause {
+                port,
+                wait_secs,
+                max_pause_secs,
+            } => argv.extend([
+                "--port".into(),
+                port.to_string(),
+                "--wait".into(),
+                wait_secs.to_string(),
+                "--max-pause".into(),
+                max_pause_secs.to_string(),
+            ]),
+            Request::PoolerResume { port } => argv.extend(["--port".into(), port.to_string()]),
         }
         argv
     }
@@ -117,6 +146,20 @@ impl QueryReply {
         let i = self.columns.iter().position(|c| c == column)?;
         self.rows.get(row)?.get(i)?.as_deref()
     }
+}
+
+/// What `pooler-pause` and `pooler-resume` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolerReply {
+    /// Whether PgBouncer is paused now.
+    pub paused: bool,
+    /// Milliseconds the request waited: for running transactions to finish (pause), or for
+    /// PgBouncer to answer (resume).
+    pub waited_ms: u64,
+    /// Resume: whether the pooler was paused when asked (false: there was nothing to resume).
+    #[serde(default)]
+    pub was_paused: bool,
 }
 
 /// Why a request failed, which decides whether it may be tried again.
@@ -225,6 +268,27 @@ mod tests {
         assert_eq!(
             Request::WriteCheck(Target::new("r", 1)).argv()[2],
             "write-check"
+        );
+        assert_eq!(
+            Request::PoolerPause {
+                port: 6432,
+                wait_secs: 10,
+                max_pause_secs: 60
+            }
+            .argv()[2..],
+            [
+                "pooler-pause",
+                "--port",
+                "6432",
+                "--wait",
+                "10",
+                "--max-pause",
+                "60"
+            ]
+        );
+        assert_eq!(
+            Request::PoolerResume { port: 6432 }.argv()[2..],
+            ["pooler-resume", "--port", "6432"]
         );
     }
 

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use pgswarm_contract::ctl::{CtlError, ErrorKind, QueryReply, WriteCheckReply};
+use pgswarm_contract::ctl::{CtlError, ErrorKind, PoolerReply, QueryReply, WriteCheckReply};
 use pgswarm_contract::{MemberEnv, Role, Secret};
+use pgswarm_sidecar::pooler;
 use pgswarm_sidecar::secrets::read_secret;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
@@ -58,6 +59,28 @@ pub enum CtlCommand {
         /// unless they manage their own.
         #[arg(long)]
         sql: String,
+    },
+    /// Pause this container's PgBouncer (admin console on 127.0.0.1:PORT): running
+    /// transactions finish, new queries wait in PgBouncer. Fails (and resumes) when running
+    /// transactions do not finish within WAIT seconds; PgBouncer resumes by itself MAX_PAUSE
+    /// seconds later should nobody resume it. Prints `{"paused": true, "waited_ms": N, ...}`.
+    PoolerPause {
+        /// PgBouncer's port in this container.
+        #[arg(long)]
+        port: u16,
+        /// Seconds to wait for running transactions to finish.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+        /// Seconds after which the pooler resumes by itself.
+        #[arg(long, default_value_t = 120)]
+        max_pause: u64,
+    },
+    /// Resume this container's PgBouncer after pooler-pause, its server connections opened
+    /// anew. Resuming a pooler that is not paused is not an error.
+    PoolerResume {
+        /// PgBouncer's port in this container.
+        #[arg(long)]
+        port: u16,
     },
     /// Run psql against HOST:PORT as the superuser, the password handed to psql through a
     /// passfile readable only by this user and removed when psql ends (never in an
@@ -155,11 +178,63 @@ async fn dispatch(member: &MemberEnv, command: CtlCommand) -> Result<String, Ctl
             let reply = query(member, &host, port, &dbname, connect_timeout, &sql).await?;
             json(serde_json::to_string(&reply))
         }
+        CtlCommand::PoolerPause {
+            port,
+            wait,
+            max_pause,
+        } => {
+            let password = superuser_password(member)?;
+            let waited = pooler::pause(
+                &member.common,
+                port,
+                password.expose(),
+                Duration::from_secs(wait),
+                Duration::from_secs(max_pause),
+            )
+            .await
+            .map_err(admin_error)?;
+            json(serde_json::to_string(&PoolerReply {
+                paused: true,
+                waited_ms: waited.as_millis() as u64,
+                was_paused: false,
+            }))
+        }
+        CtlCommand::PoolerResume { port } => {
+            let password = superuser_password(member)?;
+            let started = std::time::Instant::now();
+            let was_paused = pooler::resume(&member.common, port, password.expose())
+                .await
+                .map_err(admin_error)?;
+            json(serde_json::to_string(&PoolerReply {
+                paused: false,
+                waited_ms: started.elapsed().as_millis() as u64,
+                was_paused,
+            }))
+        }
         CtlCommand::Psql { .. } => Err(CtlError::new(
             ErrorKind::Refused,
             "psql is not a JSON operation",
         )),
     }
+}
+
+fn superuser_password(
+    member: &MemberEnv,
+) -> Result<pgswarm_sidecar::secrets::SecretValue, CtlError> {
+    read_secret(&member.common, Secret::SuperuserPassword)
+        .map_err(|e| CtlError::new(ErrorKind::Refused, format!("{e:#}")))
+}
+
+/// The kind of a failed pause or resume: nothing done when the console was not reached.
+fn admin_error(e: pooler::AdminError) -> CtlError {
+    let kind = match &e {
+        pooler::AdminError::Unreachable { .. } => ErrorKind::Unreachable,
+        pooler::AdminError::File(_) => ErrorKind::Refused,
+        pooler::AdminError::Command { .. } | pooler::AdminError::PauseTimeout { .. } => {
+            ErrorKind::Statement
+        }
+    };
+    CtlError::new(kind, e.to_string())
 }
 
 /// One line of a libpq password file; `:` and `\` in a field are escaped.

@@ -15,7 +15,7 @@ use pgswarm_contract::{Common, Endpoint, MemberEnv, PoolMode, Role, Secret};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::secrets::Secrets;
+use crate::secrets::{SecretValue, Secrets};
 use crate::supervise::{self, ChildSpec};
 use crate::templates::{write_file, write_private, Templates};
 use crate::{http, ConfigError};
@@ -212,6 +212,13 @@ pub async fn run(
             Err(e) => e,
         }
     })?;
+    // A pause left by an earlier incarnation means nothing to this PgBouncer.
+    let _ = std::fs::remove_file(pause_deadline_path(&member.common));
+    tokio::spawn(pause_watchdog(
+        member.common.clone(),
+        config.port,
+        password.clone(),
+    ));
     tokio::spawn(follow_router(
         member.common.clone(),
         templates.clone(),
@@ -283,6 +290,217 @@ async fn follow_router(
         info!(router = %router, from = %previous, to = %address,
             "the router moved: PgBouncer reloads with its new address");
         supervise::signal_child(Signal::SIGHUP);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pause and resume (a switchover through the pooler costs clients a wait, not an error)
+
+/// Why a pause or resume failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// PgBouncer's admin console did not take the connection (nothing was done).
+    #[error("cannot reach PgBouncer's admin console on 127.0.0.1:{port}: {reason}")]
+    Unreachable { port: u16, reason: String },
+    /// A command of the admin console failed.
+    #[error("PgBouncer refused {command}: {reason}")]
+    Command {
+        command: &'static str,
+        reason: String,
+    },
+    /// PAUSE did not complete in time: a transaction through the pooler is still open. The
+    /// pooler was resumed again.
+    #[error(
+        "PgBouncer's PAUSE did not complete within {wait_secs} s: a transaction through the \
+         pooler is still running (see SHOW SERVERS on the admin console); the pooler was resumed \
+         and nothing else was done"
+    )]
+    PauseTimeout { wait_secs: u64 },
+    /// The pause deadline file could not be written or removed.
+    #[error("{0:#}")]
+    File(anyhow::Error),
+}
+
+/// The file that holds the moment (Unix seconds) by which a pause ends at the latest: written
+/// before PAUSE, removed by RESUME. The pooler's sidecar resumes PgBouncer itself once that
+/// moment has passed, so a switchover interrupted half-way (its `swarmctl` killed) cannot leave
+/// clients waiting forever.
+pub fn pause_deadline_path(common: &Common) -> PathBuf {
+    PathBuf::from(&common.run_dir).join("pooler-paused-until")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The pause deadline in Unix seconds, when a pause is recorded.
+pub fn pause_deadline(common: &Common) -> Option<u64> {
+    std::fs::read_to_string(pause_deadline_path(common))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// A connection to PgBouncer's admin console (database `pgbouncer`) on 127.0.0.1:`port`, as
+/// `user` (one of its admin_users).
+async fn admin_client(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, AdminError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname("pgbouncer")
+        .connect_timeout(Duration::from_secs(3));
+    let (client, connection) =
+        config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| AdminError::Unreachable {
+                port,
+                reason: describe(&e),
+            })?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+async fn admin_command(
+    client: &tokio_postgres::Client,
+    command: &'static str,
+) -> Result<(), AdminError> {
+    client
+        .simple_query(command)
+        .await
+        .map(|_| ())
+        .map_err(|e| AdminError::Command {
+            command,
+            reason: describe(&e),
+        })
+}
+
+/// Pauses PgBouncer: waits (at most `wait`) until every server connection is released —
+/// running transactions finish — after which new queries wait in PgBouncer. Records the
+/// deadline `max_pause` from now first. Returns how long PAUSE waited.
+pub async fn pause(
+    common: &Common,
+    port: u16,
+    password: &str,
+    wait: Duration,
+    max_pause: Duration,
+) -> Result<Duration, AdminError> {
+    let deadline = unix_now() + max_pause.as_secs().max(1);
+    write_file(
+        &pause_deadline_path(common),
+        format!("{deadline}\n").as_bytes(),
+        0o644,
+    )
+    .map_err(AdminError::File)?;
+    let forget = || {
+        let _ = std::fs::remove_file(pause_deadline_path(common));
+    };
+    let client = match admin_client(port, &common.superuser, password).await {
+        Ok(client) => client,
+        Err(e) => {
+            forget();
+            return Err(e);
+        }
+    };
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(wait, admin_command(&client, "PAUSE")).await {
+        Ok(Ok(())) => {
+            info!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                deadline_in_s = max_pause.as_secs(),
+                "PgBouncer paused: new queries wait until it resumes"
+            );
+            Ok(started.elapsed())
+        }
+        Ok(Err(e)) => {
+            // Refused (for one, already paused by a pause nobody resumed): resume, so no
+            // client is left waiting, and say why.
+            forget();
+            let _ = resume_now(port, &common.superuser, password).await;
+            Err(e)
+        }
+        Err(_) => {
+            drop(client);
+            let _ = resume_now(port, &common.superuser, password).await;
+            forget();
+            Err(AdminError::PauseTimeout {
+                wait_secs: wait.as_secs(),
+            })
+        }
+    }
+}
+
+/// RECONNECT (every server connection is closed once released, so the next ones go through
+/// the router to whoever leads now), then RESUME.
+async fn resume_now(port: u16, user: &str, password: &str) -> Result<(), AdminError> {
+    let client = admin_client(port, user, password).await?;
+    admin_command(&client, "RECONNECT").await?;
+    admin_command(&client, "RESUME").await
+}
+
+/// Resumes PgBouncer after [`pause`]; returns whether a pause was recorded. Without one,
+/// RESUME's refusal (nothing paused) is not an error.
+pub async fn resume(common: &Common, port: u16, password: &str) -> Result<bool, AdminError> {
+    let was_paused = pause_deadline_path(common).exists();
+    match resume_now(port, &common.superuser, password).await {
+        Ok(()) => {}
+        Err(AdminError::Command {
+            command: "RESUME", ..
+        }) if !was_paused => {}
+        Err(e) => return Err(e),
+    }
+    if was_paused {
+        std::fs::remove_file(pause_deadline_path(common)).map_err(|e| {
+            AdminError::File(anyhow::anyhow!("cannot remove the pause record: {e}"))
+        })?;
+        info!("PgBouncer resumed, its server connections opened anew");
+    }
+    Ok(was_paused)
+}
+
+/// Resumes a pause that outlived its deadline (whoever paused is gone), checking every second.
+async fn pause_watchdog(common: Common, port: u16, password: SecretValue) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(deadline) = pause_deadline(&common) else {
+            continue;
+        };
+        if unix_now() < deadline {
+            continue;
+        }
+        warn!(
+            "PgBouncer is still paused past the pause's deadline (the switchover that paused it \
+             did not resume it): resuming now"
+        );
+        if let Err(e) = resume(&common, port, password.expose()).await {
+            warn!(error = %e, "cannot resume PgBouncer; trying again in a second");
+        }
     }
 }
 
