@@ -137,6 +137,10 @@ enum Command {
         /// Seconds to wait for the new leader.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Do not pause the pooler during the switch (by default PgBouncer holds its clients'
+        /// queries while the leader changes, so they wait instead of failing).
+        #[arg(long)]
+        no_pause: bool,
     },
     /// Check everything that would stop a deploy of the spec on this swarm.
     #[command(
@@ -576,19 +580,32 @@ async fn operate(command: Command) -> Result<(), Failure> {
                 Some(seconds) => watch_status(&engine, &cluster, output, seconds).await?,
             }
         }
-        Command::Switchover { file, to, timeout } => {
+        Command::Switchover {
+            file,
+            to,
+            timeout,
+            no_pause,
+        } => {
             let cluster = load_cluster_or_default(file.as_deref())?;
             let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let options = swarm::switchover::Options {
+                timeout: Duration::from_secs(timeout),
+                pause_pooler: !no_pause,
+            };
             let outcome = swarm::switchover::switchover(
                 &engine,
                 &cluster,
                 to.as_deref(),
-                Duration::from_secs(timeout),
+                &options,
                 &mut progress,
             )
             .await?;
+            let paused = outcome
+                .paused_seconds
+                .map(|s| format!("; pooler paused {s:.1} s"))
+                .unwrap_or_default();
             println!(
-                "leader: {} -> {} (writes through the router after {:.1} s)",
+                "leader: {} -> {} (writes through the router after {:.1} s{paused})",
                 outcome.old_leader, outcome.new_leader, outcome.seconds
             );
         }

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use pgswarm_contract::ctl::{self, Request, Target, WriteCheckReply};
+use pgswarm_contract::ctl::{self, PoolerReply, Request, Target, WriteCheckReply};
 
 use crate::spec::{Cluster, Service, ServiceKind, Topology};
 
@@ -24,6 +24,98 @@ pub struct Outcome {
     /// Address of the server that took the write through the router.
     pub write_server: String,
     pub seconds: f64,
+    /// How long the pooler held its clients' queries (paused), when it was paused.
+    pub paused_seconds: Option<f64>,
+}
+
+/// Options of a switchover.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seconds to wait for the new leader and a write through it.
+    pub timeout: Duration,
+    /// Pause the pooler (PgBouncer) during the switch, so its clients wait instead of failing.
+    pub pause_pooler: bool,
+}
+
+/// A pooler container paused for the switch.
+struct PausedPooler {
+    container: String,
+    port: u16,
+}
+
+/// Pauses the pooler's containers on this node (`ctl pooler-pause`): running transactions
+/// finish, new queries wait in PgBouncer. A pooler on another node cannot be reached from
+/// here: it is named and left running.
+async fn pause_poolers(
+    engine: &Engine,
+    cluster: &Cluster,
+    views: &[ServiceView],
+    max_pause: Duration,
+    progress: &mut Progress,
+) -> anyhow::Result<Vec<PausedPooler>> {
+    let Some(pooler) = cluster.pooler() else {
+        return Ok(Vec::new());
+    };
+    let pgswarm_contract::Role::Pooler { port, .. } = pooler.env.role else {
+        return Ok(Vec::new());
+    };
+    let Some(container) = views
+        .iter()
+        .find(|v| v.member == pooler.name)
+        .and_then(|v| v.container.clone())
+    else {
+        progress.say(&format!(
+            "the pooler {} runs on no container of this node: it is not paused, so its clients              may see errors during the switch (run swarmctl on the pooler's node to avoid them)",
+            pooler.name
+        ));
+        return Ok(Vec::new());
+    };
+    let request = Request::PoolerPause {
+        port,
+        wait_secs: 10,
+        max_pause_secs: max_pause.as_secs().max(30),
+    };
+    let argv = request.argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = exec(engine, &container, &argv).await?;
+    let reply: PoolerReply = ctl::read_reply(out.exit_code, &out.stdout, &out.stderr)
+        .with_context(|| {
+            format!(
+                "cannot pause the pooler {}; nothing was switched",
+                pooler.name
+            )
+        })?;
+    progress.say(&format!(
+        "paused the pooler {} (running transactions finished after {} ms): its clients wait          instead of failing",
+        pooler.name, reply.waited_ms
+    ));
+    Ok(vec![PausedPooler { container, port }])
+}
+
+/// Resumes what [`pause_poolers`] paused; every one is tried before an error is returned.
+async fn resume_poolers(engine: &Engine, paused: &[PausedPooler]) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for p in paused {
+        let argv = Request::PoolerResume { port: p.port }.argv();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let result = match exec(engine, &p.container, &argv).await {
+            Ok(out) => ctl::read_reply::<PoolerReply>(out.exit_code, &out.stdout, &out.stderr)
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            failed.push(format!("{}: {e:#}", p.container));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "cannot resume the pooler ({}); it resumes by itself at the pause's deadline, or run              `pgswarm-sidecar ctl pooler-resume --port PORT` in its container",
+            failed.join("; ")
+        )
+    }
 }
 
 fn group_of(service: &Service) -> Option<u32> {
@@ -76,9 +168,10 @@ pub async fn switchover(
     engine: &Engine,
     cluster: &Cluster,
     to: Option<&str>,
-    timeout: Duration,
+    options: &Options,
     progress: &mut Progress,
 ) -> anyhow::Result<Outcome> {
+    let timeout = options.timeout;
     if cluster.topology == Topology::Replication {
         bail!(
             "cluster {} uses the replication topology, which has no consensus to hand the \
@@ -188,6 +281,67 @@ pub async fn switchover(
                 "no member of this group runs on this node: run swarmctl on a node that runs one"
             )
         })?;
+    let paused = if options.pause_pooler {
+        pause_poolers(engine, cluster, &views, timeout, progress).await?
+    } else {
+        Vec::new()
+    };
+    let paused_at = Instant::now();
+    let switched = switch(
+        engine, cluster, &nodes, &in_group, &leader, target, group, &container, timeout, progress,
+    )
+    .await;
+    // Resumed whatever happened: a failed switch must not leave clients waiting.
+    let resumed = resume_poolers(engine, &paused).await;
+    let paused_seconds = (!paused.is_empty()).then(|| paused_at.elapsed().as_secs_f64());
+    if let Some(seconds) = paused_seconds {
+        if resumed.is_ok() {
+            progress.say(&format!(
+                "resumed the pooler: its clients waited at most {seconds:.1} s"
+            ));
+        }
+    }
+    let (host, port, server, started) = switched?;
+    resumed?;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = status::read(engine, cluster).await?;
+    let new_leader = status
+        .leaders
+        .iter()
+        .find(|l| in_group.iter().any(|s| &&s.name == l))
+        .cloned()
+        .ok_or_else(|| anyhow!("after the switchover, status lists no leader in this group"))?;
+    if new_leader == leader {
+        bail!("after the switchover, status still lists {leader} as the leader");
+    }
+    progress.say(&format!(
+        "switchover done: leader {leader} -> {new_leader}; a write through {host}:{port} \
+         committed (server {server}) {seconds:.1} s after the request"
+    ));
+    Ok(Outcome {
+        old_leader: leader,
+        new_leader,
+        write_server: server,
+        seconds,
+        paused_seconds,
+    })
+}
+
+/// Asks Patroni to switch over, then waits for the new leader and a committed write through
+/// the router: (write host, port, server that took it, when the request was sent).
+#[allow(clippy::too_many_arguments)]
+async fn switch(
+    engine: &Engine,
+    cluster: &Cluster,
+    nodes: &[nodes::NodeView],
+    in_group: &[&Service],
+    leader: &str,
+    target: Option<&Service>,
+    group: Option<u32>,
+    container: &str,
+    timeout: Duration,
+    progress: &mut Progress,
+) -> anyhow::Result<(String, u16, String, Instant)> {
     let yml = status::patroni_yml(in_group[0]);
     let group_text = group.map(|g| g.to_string());
     let mut cmd: Vec<&str> = vec![
@@ -210,7 +364,7 @@ pub async fn switchover(
         target.map_or("the best replica", |t| t.name.as_str())
     ));
     let started = Instant::now();
-    let out = exec(engine, &container, &cmd)
+    let out = exec(engine, container, &cmd)
         .await?
         .into_stdout("patronictl switchover")?;
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
@@ -226,7 +380,7 @@ pub async fn switchover(
 
     let deadline = started + timeout;
     let (host, port) = loop {
-        let views = docker_view(engine, cluster, &nodes).await?;
+        let views = docker_view(engine, cluster, nodes).await?;
         let now = db_view(engine, cluster, &views).await.ok();
         let new = now.as_ref().and_then(|db| {
             in_group
@@ -251,10 +405,10 @@ pub async fn switchover(
                 timeout.as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let server = loop {
-        let views = docker_view(engine, cluster, &nodes).await?;
+        let views = docker_view(engine, cluster, nodes).await?;
         match write_check(engine, cluster, &views, &host, port).await {
             Ok(server) => break server,
             Err(e) => {
@@ -265,29 +419,9 @@ pub async fn switchover(
                     )));
                 }
                 progress.update(&format!("waiting for a write through {host}:{port}"));
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     };
-    let seconds = started.elapsed().as_secs_f64();
-    let status = status::read(engine, cluster).await?;
-    let new_leader = status
-        .leaders
-        .iter()
-        .find(|l| in_group.iter().any(|s| &&s.name == l))
-        .cloned()
-        .ok_or_else(|| anyhow!("after the switchover, status lists no leader in this group"))?;
-    if new_leader == leader {
-        bail!("after the switchover, status still lists {leader} as the leader");
-    }
-    progress.say(&format!(
-        "switchover done: leader {leader} -> {new_leader}; a write through {host}:{port} \
-         committed (server {server}) {seconds:.1} s after the request"
-    ));
-    Ok(Outcome {
-        old_leader: leader,
-        new_leader,
-        write_server: server,
-        seconds,
-    })
+    Ok((host, port, server, started))
 }

@@ -829,6 +829,81 @@ pub async fn switchover(cluster: &PatroniCluster, table: &str) -> Result<Disrupt
     Ok(report)
 }
 
+/// `swarmctl switchover` (which pauses PgBouncer while the leader changes) under write load
+/// through the pooler, to the synchronous standby: the pooler's clients wait, none fails, and
+/// nothing acknowledged is lost. The write gap is how long they waited.
+pub async fn switchover_through_pooler(
+    cluster: &PatroniCluster,
+    table: &str,
+) -> Result<DisruptionReport> {
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let before = identities(cluster).await?;
+    let list = cluster.list(None).await?;
+    let old_leader = cluster.leader().await?;
+    let candidate = list
+        .iter()
+        .filter(|m| m.is_streaming_replica())
+        .max_by_key(|m| m.role == "Sync Standby")
+        .map(|m| m.name.clone())
+        .ok_or_else(|| anyhow!("no streaming replica to switch over to: {list:?}"))?;
+    let probe = WriteProbe::start(cluster.pooler.clone(), table).await?;
+    tokio::time::sleep(BASELINE).await;
+
+    info!(from = %old_leader, to = %candidate, "swarmctl switchover (pooler paused)");
+    let started = Instant::now();
+    let out = tokio::process::Command::new(crate::image::swarmctl_path())
+        .arg("switchover")
+        .arg("-f")
+        .arg(cluster.dep.spec_path())
+        .arg("--to")
+        .arg(&candidate)
+        .output()
+        .await
+        .context("cannot run swarmctl switchover")?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success(),
+        "swarmctl switchover --to {candidate} failed ({}): {said}",
+        out.status
+    );
+    ensure!(
+        said.contains("paused the pooler"),
+        "swarmctl switchover did not pause the pooler: {said}"
+    );
+    let leader_after = started.elapsed();
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let settled_after = started.elapsed();
+    let (log, missing) = finish_probe(cluster, probe, table).await?;
+    ensure_not_reinitialised(cluster, &before).await?;
+    ensure_single_primary(cluster).await?;
+    let report = DisruptionReport {
+        what: "switchover through the paused pooler (swarmctl)".into(),
+        failed_over: candidate != old_leader,
+        old_leader,
+        new_leader: candidate,
+        write_gap: log.gap_after(started),
+        client_errors: log.errors_after(started),
+        acknowledged: log.acks.len(),
+        lost: missing.len(),
+        leader_after: Some(leader_after),
+        settled_after,
+        errors: log.error_summary(),
+    };
+    info!(%report, "switchover through the pooler measured");
+    ensure!(
+        missing.is_empty(),
+        "{} acknowledged commits are missing after a switchover through the pooler (first ids: \
+         {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    Ok(report)
+}
+
 /// Scenario 4, restart safety: `docker service update --force` on each data member in turn, under
 /// write load. After each, the member is back (streaming or leading) in a new container with
 /// the same data; nothing acknowledged is lost; writes go on through the router.

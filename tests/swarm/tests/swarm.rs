@@ -27,7 +27,8 @@ async fn replication_stack_streams_like_seed_003() -> anyhow::Result<()> {
 }
 
 /// Scenario 2: one leader and streaming replicas; the router's read-write port and PgBouncer
-/// reach the leader, the read-only port a replica.
+/// reach the leader, the read-only port a replica. Then a `swarmctl switchover` under write
+/// load through PgBouncer: no client error, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patroni_stack_routes_writes_to_the_leader() -> anyhow::Result<()> {
     init_logging();
@@ -44,6 +45,15 @@ async fn patroni_stack_routes_writes_to_the_leader() -> anyhow::Result<()> {
         report.pooler_reached,
         report.ro_reached,
         cluster.ready_after.as_secs_f64()
+    );
+    // The same deployment: `swarmctl switchover` pauses the pooler, so its clients see no error.
+    let report = scenarios::switchover_through_pooler(&cluster, "pooler_switchover").await?;
+    eprintln!("{report}");
+    anyhow::ensure!(
+        report.client_errors == 0,
+        "clients of the paused pooler saw {} errors during the switchover: {:?}",
+        report.client_errors,
+        report.errors
     );
     Ok(())
 }

@@ -36,6 +36,8 @@ enum Scenario {
     Postmaster,
     /// A planned switchover to another member.
     Switchover,
+    /// `swarmctl switchover`, PgBouncer paused meanwhile, writes through the pooler.
+    SwitchoverPooler,
     /// Multi-node: every process of the leader's node SIGKILLed, then the node restarted.
     NodeLoss,
     /// Multi-node: the leader's node cut off (processes alive), then reconnected.
@@ -54,6 +56,7 @@ impl Scenario {
             Scenario::Kill => "kill",
             Scenario::Postmaster => "postmaster",
             Scenario::Switchover => "switchover",
+            Scenario::SwitchoverPooler => "switchover-pooler",
             Scenario::NodeLoss => "node-loss",
             Scenario::Partition => "partition",
             Scenario::Freeze => "freeze",
@@ -168,6 +171,7 @@ async fn trial(
         Scenario::Kill => scenarios::failover(cluster, table).await,
         Scenario::Postmaster => scenarios::postmaster_crash(cluster, table).await,
         Scenario::Switchover => scenarios::switchover(cluster, table).await,
+        Scenario::SwitchoverPooler => scenarios::switchover_through_pooler(cluster, table).await,
         other => bail!("--scenario {} needs --nodes 3", other.name()),
     }
 }
