@@ -459,6 +459,49 @@ fn patroni_example_deploys_healthy_and_switches_over() {
         "status agrees with the switchover"
     );
 
+    // As from a manager that runs no member: Patroni asked from a one-off task on the
+    // cluster's network gives every member's role, state and lag, and the task is removed.
+    let out = swarmctl()
+        .args(["status", "--output", "json", "-f"])
+        .arg(&c.spec)
+        .env("SWARMCTL_REMOTE", "1")
+        .output()
+        .expect("swarmctl runs");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let remote: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(leaders(&remote), vec![target.clone()], "{remote:#}");
+    let postgres: Vec<&Value> = remote["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["kind"] == "postgres")
+        .collect();
+    assert_eq!(postgres.len(), 3, "{remote:#}");
+    for m in &postgres {
+        assert!(
+            m["role"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty() && r != "-"),
+            "no role for {m}"
+        );
+        if m["role"] != "leader" {
+            assert!(m["lag_mb"].is_number(), "no lag for a replica: {m}");
+        }
+    }
+    let jobs = docker(&[
+        "service",
+        "ls",
+        "--filter",
+        "label=pgswarm.job",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert!(
+        !jobs.lines().any(|l| l.starts_with(&name)),
+        "a one-off task was left behind: {jobs}"
+    );
+
     let out = c.run(&["switchover", "--to", target]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));

@@ -66,6 +66,10 @@ pub enum Request {
     WriteCheck(Target),
     /// Run SQL with the simple query protocol; answers [`QueryReply`].
     Query { target: Target, sql: String },
+    /// Run patronictl with the member's configuration (rendered privately for this run when
+    /// no member process wrote one, as in a one-off task); `args` are patronictl's, without
+    /// `-c`. Not JSON: patronictl's own output and exit code.
+    Patronictl { args: Vec<String> },
     /// Pause the PgBouncer of this container (its admin console on 127.0.0.1:`port`): running
     /// transactions finish, new ones wait in PgBouncer instead of failing. Waits at most
     /// `wait_secs` for the running ones (else it resumes and fails); the pooler resumes by
@@ -90,6 +94,7 @@ impl Request {
             Request::Query { .. } => "query",
             Request::PoolerPause { .. } => "pooler-pause",
             Request::PoolerResume { .. } => "pooler-resume",
+            Request::Patronictl { .. } => "patronictl",
         }
     }
 
@@ -115,6 +120,10 @@ impl Request {
                 max_pause_secs.to_string(),
             ]),
             Request::PoolerResume { port } => argv.extend(["--port".into(), port.to_string()]),
+            Request::Patronictl { args } => {
+                argv.push("--".into());
+                argv.extend(args.iter().cloned());
+            }
         }
         argv
     }

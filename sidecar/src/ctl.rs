@@ -60,6 +60,15 @@ pub enum CtlCommand {
         #[arg(long)]
         sql: String,
     },
+    /// Run patronictl with this member's configuration (a Patroni member's environment and
+    /// secrets): where no member process rendered patroni.yml (a one-off task on the
+    /// cluster's network), it is rendered into a private directory for this run only and
+    /// removed afterwards. Output and exit code are patronictl's.
+    Patronictl {
+        /// patronictl's arguments (after `--`), without `-c`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Pause this container's PgBouncer (admin console on 127.0.0.1:PORT): running
     /// transactions finish, new queries wait in PgBouncer. Fails (and resumes) when running
     /// transactions do not finish within WAIT seconds; PgBouncer resumes by itself MAX_PAUSE
@@ -121,6 +130,15 @@ pub fn run(member: &MemberEnv, command: CtlCommand) -> i32 {
     } = command
     {
         return match psql(member, &host, port, &dbname, &args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        };
+    }
+    if let CtlCommand::Patronictl { args } = command {
+        return match patronictl(member, &args) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -211,9 +229,9 @@ async fn dispatch(member: &MemberEnv, command: CtlCommand) -> Result<String, Ctl
                 was_paused,
             }))
         }
-        CtlCommand::Psql { .. } => Err(CtlError::new(
+        CtlCommand::Psql { .. } | CtlCommand::Patronictl { .. } => Err(CtlError::new(
             ErrorKind::Refused,
-            "psql is not a JSON operation",
+            "psql and patronictl are not JSON operations",
         )),
     }
 }
@@ -297,12 +315,51 @@ fn psql(
     result
 }
 
+/// Runs patronictl in the foreground with this member's patroni.yml, rendered into a private
+/// directory when no member process wrote it here; returns patronictl's exit code.
+fn patronictl(member: &MemberEnv, args: &[String]) -> anyhow::Result<i32> {
+    let written = member.common.patroni_config_path();
+    let (config, dir) = if std::path::Path::new(&written).is_file() {
+        (std::path::PathBuf::from(written), None)
+    } else {
+        let secrets = pgswarm_sidecar::secrets::Secrets::load(&member.common, member.mode())?;
+        let text = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")?
+            .block_on(pgswarm_sidecar::patroni::config_text(member, &secrets))?;
+        let dir = private_dir()?;
+        let path = dir.join("patroni.yml");
+        if let Err(e) = pgswarm_sidecar::templates::write_private(&path, text.as_bytes()) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        (path, Some(dir))
+    };
+    let status = std::process::Command::new("patronictl")
+        .arg("-c")
+        .arg(&config)
+        .args(args)
+        .env_clear()
+        .envs(
+            ["PATH", "LANG", "LC_ALL", "HOME", "TERM"]
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+        )
+        .status()
+        .context("cannot start patronictl");
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(status?.code().unwrap_or(1))
+}
+
 /// A new directory only this user can enter, for a passfile that lives as long as one psql.
 fn private_dir() -> anyhow::Result<std::path::PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
     for attempt in 0..16u32 {
-        let dir = base.join(format!("pgswarm-psql-{}-{attempt}", std::process::id()));
+        let dir = base.join(format!("pgswarm-ctl-{}-{attempt}", std::process::id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

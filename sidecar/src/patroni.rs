@@ -691,6 +691,35 @@ async fn wait_for_etcd(common: &Common, hosts: &[Endpoint]) -> anyhow::Result<()
 /// Runs this Patroni member to its end: checks and renders patroni.yml (0600, in the run
 /// directory), waits for etcd, then supervises Patroni. SIGTERM reaches Patroni as is: it
 /// stops PostgreSQL and, when it leads, hands the leader key over before it exits.
+/// This member's patroni.yml as text, rendered as `run` first renders it (before this
+/// container's address and liveness port are known), for `patronictl` run where no member
+/// process wrote one (`ctl patronictl` in a one-off task).
+pub async fn config_text(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<String> {
+    let common = &member.common;
+    let Some(spec) = PatroniSpec::from_role(&member.role) else {
+        bail!("mode {} is not a Patroni member", member.mode());
+    };
+    let bin_dir = postgres::find_bin_dir(spec.postgres.bin_dir.as_deref())?;
+    let host = HostFacts {
+        bin_dir: bin_dir.display().to_string(),
+        allowed_cidrs: postgres::allowed_cidrs(spec.postgres)?,
+        patroni_version: installed_version().await,
+        current_address: None,
+        liveness_port: None,
+    };
+    let credentials = PatroniCredentials {
+        superuser_password: secrets.get(Secret::SuperuserPassword)?.expose().to_string(),
+        replication_password: secrets
+            .get(Secret::ReplicationPassword)?
+            .expose()
+            .to_string(),
+        rest_password: secrets.get(Secret::RestPassword)?.expose().to_string(),
+    };
+    let config =
+        render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
+    Ok(to_text(&config)?)
+}
+
 pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
     let common = &member.common;
     let Some(spec) = PatroniSpec::from_role(&member.role) else {

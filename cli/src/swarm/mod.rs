@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod doctor;
 pub mod engine;
 pub mod exec;
+pub mod job;
 pub mod labels;
 pub mod nodes;
 pub mod observe;

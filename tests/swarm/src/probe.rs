@@ -114,8 +114,19 @@ pub struct WriteProbe {
 }
 
 impl WriteProbe {
-    /// Creates `table` (id bigint primary key) through `endpoint` and starts writing to it.
+    /// Creates `table` (id bigint primary key) through `endpoint` and starts writing to it;
+    /// a write unanswered within 2 s counts as failed.
     pub async fn start(endpoint: Endpoint, table: &str) -> Result<WriteProbe> {
+        Self::start_patient(endpoint, table, STATEMENT_DEADLINE).await
+    }
+
+    /// The same, a write failing only when unanswered within `deadline`: a client that waits
+    /// (through a paused pooler) rather than giving up.
+    pub async fn start_patient(
+        endpoint: Endpoint,
+        table: &str,
+        deadline: Duration,
+    ) -> Result<WriteProbe> {
         let client = endpoint.connect(Duration::from_secs(60)).await?;
         client
             .batch_execute(&format!(
@@ -133,6 +144,7 @@ impl WriteProbe {
             Some(client),
             stop.clone(),
             last_ack.clone(),
+            deadline,
         ));
         Ok(WriteProbe {
             stop,
@@ -159,6 +171,7 @@ async fn run(
     mut client: Option<Client>,
     stop: Arc<AtomicBool>,
     last_ack: Arc<Mutex<Option<Instant>>>,
+    deadline: Duration,
 ) -> ProbeLog {
     let mut log = ProbeLog::default();
     let mut ticker = tokio::time::interval(WRITE_INTERVAL);
@@ -168,7 +181,7 @@ async fn run(
         ticker.tick().await;
         let c = match client.take() {
             Some(c) => c,
-            None => match endpoint.connect_once(STATEMENT_DEADLINE).await {
+            None => match endpoint.connect_once(deadline).await {
                 Ok(c) => c,
                 Err(e) => {
                     log.errors.push((Instant::now(), short(&format!("{e:#}"))));
@@ -178,7 +191,7 @@ async fn run(
         };
         let id = next_id;
         next_id += 1;
-        match tokio::time::timeout(STATEMENT_DEADLINE, c.execute(insert.as_str(), &[&id])).await {
+        match tokio::time::timeout(deadline, c.execute(insert.as_str(), &[&id])).await {
             Ok(Ok(_)) => {
                 let at = Instant::now();
                 log.acks.push(Ack { id, at });
@@ -191,9 +204,10 @@ async fn run(
                 let e = anyhow::Error::from(e);
                 log.errors.push((Instant::now(), short(&format!("{e:#}"))));
             }
-            Err(_) => log
-                .errors
-                .push((Instant::now(), "no answer within 2 s".to_string())),
+            Err(_) => log.errors.push((
+                Instant::now(),
+                format!("no answer within {} s", deadline.as_secs()),
+            )),
         }
     }
     log

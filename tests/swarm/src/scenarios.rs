@@ -846,7 +846,10 @@ pub async fn switchover_through_pooler(
         .max_by_key(|m| m.role == "Sync Standby")
         .map(|m| m.name.clone())
         .ok_or_else(|| anyhow!("no streaming replica to switch over to: {list:?}"))?;
-    let probe = WriteProbe::start(cluster.pooler.clone(), table).await?;
+    // A client of the pooler waits for its answer (up to 30 s) instead of giving up at 2 s:
+    // what PgBouncer's pause is for.
+    let probe =
+        WriteProbe::start_patient(cluster.pooler.clone(), table, Duration::from_secs(30)).await?;
     tokio::time::sleep(BASELINE).await;
 
     info!(from = %old_leader, to = %candidate, "swarmctl switchover (pooler paused)");

@@ -11,7 +11,9 @@ use serde_json::Value;
 use crate::spec::{Cluster, Service, Topology};
 
 use crate::swarm::exec::exec;
+use crate::swarm::job;
 use crate::swarm::Engine;
+use pgswarm_contract::ctl;
 
 use super::ServiceView;
 
@@ -70,7 +72,12 @@ pub fn parse_patronictl(json: &str) -> anyhow::Result<BTreeMap<String, DbView>> 
     Ok(out)
 }
 
-/// Patroni's view, from the first local running data member that answers.
+/// Set (to anything), swarmctl asks Patroni through a one-off task even when a member runs on
+/// this node, as a manager that runs none does: for checking that path anywhere.
+pub const REMOTE_ENV: &str = "SWARMCTL_REMOTE";
+
+/// Patroni's view, from the first local running data member that answers, else from a
+/// one-off task on the cluster's network.
 pub async fn patroni_view(
     engine: &Engine,
     cluster: &Cluster,
@@ -81,7 +88,9 @@ pub async fn patroni_view(
          on a node that runs one",
         cluster.name
     );
-    for service in cluster.data_members() {
+    // SWARMCTL_REMOTE=1: as from a node that runs no member (the one-off task below).
+    let local = std::env::var_os(REMOTE_ENV).is_none();
+    for service in cluster.data_members().filter(|_| local) {
         let Some(container) = views
             .iter()
             .find(|v| v.member == service.name)
@@ -102,6 +111,30 @@ pub async fn patroni_view(
             Err(e) => last = e.context(format!("asking Patroni in {}", service.name)),
         }
     }
+    // No member answers from this node: ask from a one-off task on the cluster's network,
+    // made from a member's service (its configuration and secrets).
+    let argv = ctl::Request::Patronictl {
+        args: vec!["list".into(), "-f".into(), "json".into()],
+    }
+    .argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    // One attempt: the members' services differ in name and data only.
+    if let Some(service) = cluster.data_members().next() {
+        let template = crate::swarm::service_name(&cluster.name, &service.name);
+        match job::run(engine, &template, &argv)
+            .await
+            .and_then(|o| o.into_stdout("patronictl list"))
+        {
+            Ok(out) => return parse_patronictl(&out),
+            Err(e) => {
+                last = e.context(format!(
+                    "no member of {} runs on this node, and asking Patroni from a one-off task \
+                     made from {template} failed",
+                    cluster.name
+                ))
+            }
+        }
+    }
     Err(last)
 }
 
@@ -116,7 +149,9 @@ pub async fn replication_view(
         CASE WHEN pg_is_in_recovery() THEN coalesce(pg_last_wal_replay_lsn(), '0/0')::text \
         ELSE pg_current_wal_lsn()::text END";
     let mut rows: BTreeMap<String, (DbView, Option<u64>)> = BTreeMap::new();
-    for service in cluster.data_members() {
+    // SWARMCTL_REMOTE=1: as from a node that runs no member (the one-off task below).
+    let local = std::env::var_os(REMOTE_ENV).is_none();
+    for service in cluster.data_members().filter(|_| local) {
         let Some(container) = views
             .iter()
             .find(|v| v.member == service.name)

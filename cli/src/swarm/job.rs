@@ -1,0 +1,226 @@
+//! One-off tasks on the cluster's network, for when no member container runs on this node
+//! (a manager that runs no member, a member on another machine): `docker exec` reaches only
+//! local containers, and Patroni's REST API and the members are reachable only on the
+//! overlay. A Swarm job (`ReplicatedJob`, one completion) is created from a data member's own
+//! service — same image, environment, network and secrets — without its volumes, ports,
+//! placement or health check; it runs one `pgswarm-sidecar ctl ...` command wherever Swarm
+//! places it, its output is read with `docker service logs`, and the job is removed.
+//! Credentials stay in the secret files, as with `docker exec`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bollard::models::{
+    HealthConfig, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicatedJob,
+    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+};
+use bollard::query_parameters::{InspectServiceOptions, ListTasksOptions};
+
+use super::exec::ExecOutput;
+use super::Engine;
+
+/// Label of a job service, so a leftover is recognisable.
+pub const JOB_LABEL: &str = "pgswarm.job";
+
+/// How long a job may take from creation to its end.
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The job's service spec: `template`'s, running `argv` once, with no volume, port,
+/// placement constraint, health check or restart.
+pub fn job_spec(template: &ServiceSpec, name: &str, argv: &[&str]) -> anyhow::Result<ServiceSpec> {
+    let mut spec = template.clone();
+    spec.name = Some(name.to_string());
+    let mut labels = spec.labels.take().unwrap_or_default();
+    labels.insert(JOB_LABEL.into(), "ctl".into());
+    spec.labels = Some(labels);
+    spec.mode = Some(ServiceSpecMode {
+        replicated_job: Some(ServiceSpecModeReplicatedJob {
+            max_concurrent: Some(1),
+            total_completions: Some(1),
+        }),
+        ..Default::default()
+    });
+    spec.update_config = None;
+    spec.rollback_config = None;
+    spec.endpoint_spec = None;
+    let task = spec
+        .task_template
+        .as_mut()
+        .ok_or_else(|| anyhow!("the service {name} has no task template"))?;
+    let container = task
+        .container_spec
+        .as_mut()
+        .ok_or_else(|| anyhow!("the service {name} has no container spec"))?;
+    container.command = Some(argv.iter().map(|s| s.to_string()).collect());
+    container.args = None;
+    container.mounts = None;
+    container.hostname = None;
+    container.health_check = Some(HealthConfig {
+        test: Some(vec!["NONE".into()]),
+        ..Default::default()
+    });
+    task.placement = None;
+    task.resources = None;
+    task.restart_policy = Some(TaskSpecRestartPolicy {
+        condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+        ..Default::default()
+    });
+    Ok(spec)
+}
+
+/// Runs `argv` in a one-off task made from the service `template` (a data member's Swarm
+/// service name); returns what it printed and its exit code.
+pub async fn run(engine: &Engine, template: &str, argv: &[&str]) -> anyhow::Result<ExecOutput> {
+    let service = engine
+        .docker
+        .inspect_service(template, None::<InspectServiceOptions>)
+        .await
+        .with_context(|| format!("cannot inspect the service {template}"))?;
+    let spec = service
+        .spec
+        .ok_or_else(|| anyhow!("the service {template} has no spec"))?;
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000)
+        .unwrap_or(0);
+    let name = format!("{template}-ctl-{}-{unique}", std::process::id());
+    let spec = job_spec(&spec, &name, argv)?;
+    engine
+        .docker
+        .create_service(spec, None)
+        .await
+        .with_context(|| format!("cannot create the one-off task {name}"))?;
+    let result = wait_and_read(engine, &name, argv).await;
+    if let Err(e) = engine.docker.delete_service(&name).await {
+        tracing::warn!(service = %name, error = %e, "cannot remove the one-off task's service");
+    }
+    result
+}
+
+async fn wait_and_read(engine: &Engine, name: &str, argv: &[&str]) -> anyhow::Result<ExecOutput> {
+    let started = Instant::now();
+    let (exit_code, message) = loop {
+        let tasks = engine
+            .docker
+            .list_tasks(Some(ListTasksOptions {
+                filters: Some(HashMap::from([(
+                    "service".to_string(),
+                    vec![name.to_string()],
+                )])),
+            }))
+            .await
+            .with_context(|| format!("cannot list the tasks of {name}"))?;
+        let ended = tasks.iter().find_map(|t| {
+            let status = t.status.as_ref()?;
+            let code = status
+                .container_status
+                .as_ref()
+                .and_then(|c| c.exit_code)
+                .unwrap_or(-1);
+            let text = status
+                .err
+                .clone()
+                .or_else(|| status.message.clone())
+                .unwrap_or_default();
+            match status.state? {
+                TaskState::COMPLETE => Some((0, text)),
+                TaskState::FAILED => Some((if code == 0 { 1 } else { code }, text)),
+                TaskState::REJECTED | TaskState::ORPHANED => Some((-1, text)),
+                _ => None,
+            }
+        });
+        if let Some(end) = ended {
+            break end;
+        }
+        if started.elapsed() > JOB_TIMEOUT {
+            bail!(
+                "the one-off task {name} (`{}`) did not end within {} s; see `docker service ps \
+                 {name} --no-trunc`",
+                argv.join(" "),
+                JOB_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    if exit_code == -1 {
+        bail!(
+            "the one-off task {name} (`{}`) could not run: {message}",
+            argv.join(" ")
+        );
+    }
+    let out = tokio::process::Command::new("docker")
+        .args(["service", "logs", "--raw", name])
+        .output()
+        .await
+        .context("cannot run `docker service logs` (the Docker CLI is needed)")?;
+    if !out.status.success() {
+        bail!(
+            "cannot read the output of the one-off task {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ExecOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit_code,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{Mount, TaskSpec, TaskSpecContainerSpec};
+
+    #[test]
+    fn a_job_keeps_image_env_network_and_secrets_but_no_volume_port_or_placement() {
+        let template = ServiceSpec {
+            name: Some("demo_pg1".into()),
+            labels: Some(HashMap::from([(
+                "com.docker.stack.namespace".to_string(),
+                "demo".to_string(),
+            )])),
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some("pgswarm:dev".into()),
+                    env: Some(vec!["PGSWARM_MODE=patroni".into()]),
+                    mounts: Some(vec![Mount::default()]),
+                    hostname: Some("pg1".into()),
+                    ..Default::default()
+                }),
+                placement: Some(Default::default()),
+                resources: Some(bollard::models::TaskSpecResources {
+                    limits: Some(Default::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            endpoint_spec: Some(Default::default()),
+            ..Default::default()
+        };
+        let job = job_spec(&template, "demo_pg1-ctl-1", &["pgswarm-sidecar", "ctl"]).unwrap();
+        assert_eq!(job.name.as_deref(), Some("demo_pg1-ctl-1"));
+        let labels = job.labels.unwrap();
+        assert_eq!(labels["com.docker.stack.namespace"], "demo");
+        assert_eq!(labels[JOB_LABEL], "ctl");
+        let task = job.task_template.unwrap();
+        let c = task.container_spec.unwrap();
+        assert_eq!(c.image.as_deref(), Some("pgswarm:dev"));
+        assert_eq!(c.env.unwrap(), ["PGSWARM_MODE=patroni"]);
+        assert_eq!(c.command.unwrap(), ["pgswarm-sidecar", "ctl"]);
+        assert!(
+            c.mounts.is_none(),
+            "a one-off task must not mount the data volume"
+        );
+        assert!(task.placement.is_none() && task.resources.is_none());
+        assert!(job.endpoint_spec.is_none());
+        assert_eq!(
+            job.mode.unwrap().replicated_job.unwrap().total_completions,
+            Some(1)
+        );
+        assert_eq!(
+            task.restart_policy.unwrap().condition,
+            Some(TaskSpecRestartPolicyConditionEnum::NONE)
+        );
+    }
+}
