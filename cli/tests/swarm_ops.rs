@@ -501,8 +501,34 @@ fn patroni_example_deploys_healthy_and_switches_over() {
         !jobs.lines().any(|l| l.starts_with(&name)),
         "a one-off task was left behind: {jobs}"
     );
+    // A switchover back, the same way (patronictl and the write check in one-off tasks).
+    let out = swarmctl()
+        .args(["switchover", "--to", &before[0], "--timeout", "240", "-f"])
+        .arg(&c.spec)
+        .env("SWARMCTL_REMOTE", "1")
+        .output()
+        .expect("swarmctl runs");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("leader: {target} -> {}", before[0])),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(leaders(&c.status_json()), before);
+    let jobs = docker(&[
+        "service",
+        "ls",
+        "--filter",
+        "label=pgswarm.job",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert!(
+        !jobs.lines().any(|l| l.starts_with(&name)),
+        "a one-off task was left behind: {jobs}"
+    );
 
-    let out = c.run(&["switchover", "--to", target]);
+    let out = c.run(&["switchover", "--to", &before[0]]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("is already the leader"), "{stderr}");

@@ -20,6 +20,40 @@ use bollard::query_parameters::{InspectServiceOptions, ListTasksOptions};
 use super::exec::ExecOutput;
 use super::Engine;
 
+/// Set (to anything), swarmctl reaches the cluster through one-off tasks even when a member
+/// runs on this node, as a manager that runs none does: for checking that path anywhere.
+pub const REMOTE_ENV: &str = "SWARMCTL_REMOTE";
+
+/// Whether local containers may be used (`SWARMCTL_REMOTE` unset).
+pub fn local_exec_allowed() -> bool {
+    std::env::var_os(REMOTE_ENV).is_none()
+}
+
+/// Runs a `ctl` request in a local container when there is one (`container`), else in a
+/// one-off task made from the first data member's service.
+pub async fn run_ctl(
+    engine: &Engine,
+    cluster: &crate::spec::Cluster,
+    container: Option<&str>,
+    argv: &[&str],
+) -> anyhow::Result<ExecOutput> {
+    match container.filter(|_| local_exec_allowed()) {
+        Some(container) => super::exec::exec(engine, container, argv).await,
+        None => {
+            let member = cluster
+                .data_members()
+                .next()
+                .ok_or_else(|| anyhow!("cluster {} has no PostgreSQL member", cluster.name))?;
+            run(
+                engine,
+                &super::service_name(&cluster.name, &member.name),
+                argv,
+            )
+            .await
+        }
+    }
+}
+
 /// Label of a job service, so a leftover is recognisable.
 pub const JOB_LABEL: &str = "pgswarm.job";
 

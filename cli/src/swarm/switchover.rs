@@ -12,6 +12,7 @@ use pgswarm_contract::ctl::{self, PoolerReply, Request, Target, WriteCheckReply}
 use crate::spec::{Cluster, Service, ServiceKind, Topology};
 
 use super::exec::exec;
+use super::job;
 use super::progress::Progress;
 use super::status::{self, db_view, docker_view, ServiceView};
 use super::{nodes, Engine};
@@ -134,10 +135,11 @@ pub async fn write_check(
     host: &str,
     port: u16,
 ) -> anyhow::Result<String> {
-    let container = status::superuser_container(cluster, views)?;
+    // A local container holding the superuser secret, else a one-off task on the network.
+    let container = status::superuser_container(cluster, views).ok();
     let argv = Request::WriteCheck(Target::new(host, port)).argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = exec(engine, &container, &argv).await?;
+    let out = job::run_ctl(engine, cluster, container.as_deref(), &argv).await?;
     let reply: WriteCheckReply = ctl::read_reply(out.exit_code, &out.stdout, &out.stderr)
         .with_context(|| format!("the write check through {host}:{port}"))?;
     Ok(reply.server)
@@ -275,12 +277,7 @@ pub async fn switchover(
                 .iter()
                 .find(|v| v.member == m)
                 .and_then(|v| v.container.clone())
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "no member of this group runs on this node: run swarmctl on a node that runs one"
-            )
-        })?;
+        });
     let paused = if options.pause_pooler {
         pause_poolers(engine, cluster, &views, timeout, progress).await?
     } else {
@@ -288,7 +285,16 @@ pub async fn switchover(
     };
     let paused_at = Instant::now();
     let switched = switch(
-        engine, cluster, &nodes, &in_group, &leader, target, group, &container, timeout, progress,
+        engine,
+        cluster,
+        &nodes,
+        &in_group,
+        &leader,
+        target,
+        group,
+        container.as_deref(),
+        timeout,
+        progress,
     )
     .await;
     // Resumed whatever happened: a failed switch must not leave clients waiting.
@@ -338,33 +344,39 @@ async fn switch(
     leader: &str,
     target: Option<&Service>,
     group: Option<u32>,
-    container: &str,
+    container: Option<&str>,
     timeout: Duration,
     progress: &mut Progress,
 ) -> anyhow::Result<(String, u16, String, Instant)> {
-    let yml = status::patroni_yml(in_group[0]);
-    let group_text = group.map(|g| g.to_string());
-    let mut cmd: Vec<&str> = vec![
-        "patronictl",
-        "-c",
-        &yml,
-        "switchover",
-        "--leader",
-        &leader,
-        "--force",
+    let mut args: Vec<String> = vec![
+        "switchover".into(),
+        "--leader".into(),
+        leader.into(),
+        "--force".into(),
     ];
     if let Some(t) = target {
-        cmd.extend(["--candidate", t.name.as_str()]);
+        args.extend(["--candidate".into(), t.name.clone()]);
     }
-    if let Some(g) = &group_text {
-        cmd.extend(["--group", g.as_str()]);
+    if let Some(g) = group {
+        args.extend(["--group".into(), g.to_string()]);
     }
+    // patronictl in a member's container with its patroni.yml, or from a one-off task made
+    // from a member's service when none runs here.
+    let yml = status::patroni_yml(in_group[0]);
+    let argv: Vec<String> = match container.filter(|_| job::local_exec_allowed()) {
+        Some(_) => ["patronictl".to_string(), "-c".into(), yml]
+            .into_iter()
+            .chain(args)
+            .collect(),
+        None => Request::Patronictl { args }.argv(),
+    };
+    let cmd: Vec<&str> = argv.iter().map(String::as_str).collect();
     progress.say(&format!(
         "switchover: asking Patroni to hand the leader over from {leader} to {}",
         target.map_or("the best replica", |t| t.name.as_str())
     ));
     let started = Instant::now();
-    let out = exec(engine, container, &cmd)
+    let out = job::run_ctl(engine, cluster, container, &cmd)
         .await?
         .into_stdout("patronictl switchover")?;
     for line in out.lines().filter(|l| !l.trim().is_empty()) {

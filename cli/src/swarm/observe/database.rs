@@ -72,10 +72,6 @@ pub fn parse_patronictl(json: &str) -> anyhow::Result<BTreeMap<String, DbView>> 
     Ok(out)
 }
 
-/// Set (to anything), swarmctl asks Patroni through a one-off task even when a member runs on
-/// this node, as a manager that runs none does: for checking that path anywhere.
-pub const REMOTE_ENV: &str = "SWARMCTL_REMOTE";
-
 /// Patroni's view, from the first local running data member that answers, else from a
 /// one-off task on the cluster's network.
 pub async fn patroni_view(
@@ -89,7 +85,7 @@ pub async fn patroni_view(
         cluster.name
     );
     // SWARMCTL_REMOTE=1: as from a node that runs no member (the one-off task below).
-    let local = std::env::var_os(REMOTE_ENV).is_none();
+    let local = job::local_exec_allowed();
     for service in cluster.data_members().filter(|_| local) {
         let Some(container) = views
             .iter()
@@ -150,7 +146,7 @@ pub async fn replication_view(
         ELSE pg_current_wal_lsn()::text END";
     let mut rows: BTreeMap<String, (DbView, Option<u64>)> = BTreeMap::new();
     // SWARMCTL_REMOTE=1: as from a node that runs no member (the one-off task below).
-    let local = std::env::var_os(REMOTE_ENV).is_none();
+    let local = job::local_exec_allowed();
     for service in cluster.data_members().filter(|_| local) {
         let Some(container) = views
             .iter()
