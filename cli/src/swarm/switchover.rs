@@ -391,7 +391,19 @@ async fn switch(
     }
 
     let deadline = started + timeout;
+    // Patroni answered that the switchover happened, and the router's read-write port
+    // takes a write only on a primary: with a router, the first write through it that commits
+    // is the new leader's, so there is nothing to wait for before it (the pooler's clients are
+    // waiting). Without a router, writes go to the member Patroni lists as the new leader.
+    let routed = cluster.router().is_some()
+        && cluster.router_ports().is_some()
+        && out
+            .to_ascii_lowercase()
+            .contains("successfully switched over");
     let (host, port) = loop {
+        if routed {
+            break write_target(cluster, leader);
+        }
         let views = docker_view(engine, cluster, nodes).await?;
         let now = db_view(engine, cluster, &views).await.ok();
         let new = now.as_ref().and_then(|db| {
@@ -419,11 +431,15 @@ async fn switch(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let mut views = docker_view(engine, cluster, nodes).await?;
     let server = loop {
-        let views = docker_view(engine, cluster, nodes).await?;
         match write_check(engine, cluster, &views, &host, port).await {
             Ok(server) => break server,
             Err(e) => {
+                // A container the check ran in may have gone meanwhile.
+                if let Ok(fresh) = docker_view(engine, cluster, nodes).await {
+                    views = fresh;
+                }
                 if Instant::now() >= deadline {
                     return Err(e.context(format!(
                         "the new leader does not take writes through {host}:{port} after {} s",
