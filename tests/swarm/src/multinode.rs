@@ -135,6 +135,79 @@ impl MultiNodeCluster {
         Ok(mc)
     }
 
+    /// `swarmctl status --output json` run against every node of the bed (each a manager),
+    /// and once more from the first with `SWARMCTL_REMOTE=1` (Patroni asked from a one-off
+    /// task, as from a manager that runs no member): every database member must show a role,
+    /// a state, a timeline, and a lag unless it leads, whichever node it runs on. Returns one
+    /// line per run.
+    pub async fn status_everywhere(&self) -> Result<Vec<String>> {
+        let spec = self.cluster.dep.spec_path();
+        let mut lines = Vec::new();
+        let runs = self
+            .bed
+            .nodes
+            .iter()
+            .map(|n| (n, false))
+            .chain(self.bed.nodes.first().map(|n| (n, true)));
+        for (node, remote) in runs {
+            let mut cmd = tokio::process::Command::new(crate::image::swarmctl_path());
+            cmd.args(["status", "--output", "json", "-f"])
+                .arg(&spec)
+                .env("DOCKER_HOST", &node.host);
+            if remote {
+                cmd.env("SWARMCTL_REMOTE", "1");
+            }
+            let out = cmd.output().await.context("cannot run swarmctl status")?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                out.status.success(),
+                "swarmctl status on {} failed ({}): {stdout}{}",
+                node.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let status: serde_json::Value = serde_json::from_str(&stdout)
+                .with_context(|| format!("swarmctl status on {} printed no JSON", node.name))?;
+            let mut seen = Vec::new();
+            for m in status["members"].as_array().into_iter().flatten() {
+                if m["kind"] != "postgres" {
+                    continue;
+                }
+                let name = m["member"].as_str().unwrap_or("?");
+                let role = m["role"].as_str().unwrap_or("");
+                ensure!(
+                    !role.is_empty() && role != "-" && m["timeline"].is_number(),
+                    "swarmctl status on {} shows no role or timeline for {name}: {status}",
+                    node.name
+                );
+                ensure!(
+                    role == "leader" || m["lag_mb"].is_number(),
+                    "swarmctl status on {} shows no lag for the replica {name}: {status}",
+                    node.name
+                );
+                seen.push(format!(
+                    "{name} {role} on {} lag {}",
+                    m["node"].as_str().unwrap_or("?"),
+                    m["lag_mb"]
+                ));
+            }
+            ensure!(
+                seen.len() == self.cluster.members.len(),
+                "swarmctl status on {} lists {} database members, not {}: {status}",
+                node.name,
+                seen.len(),
+                self.cluster.members.len()
+            );
+            lines.push(format!(
+                "status from {}{}: {}",
+                node.name,
+                if remote { " (one-off task)" } else { "" },
+                seen.join(", ")
+            ));
+        }
+        Ok(lines)
+    }
+
     /// The node that runs the running container of service `key`.
     pub async fn node_of(&self, key: &str) -> Result<Node> {
         let container = self

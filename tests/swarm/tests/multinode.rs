@@ -30,6 +30,10 @@ async fn multinode_failures_lose_nothing() -> anyhow::Result<()> {
         "multi-node cluster ready {:.1} s after deploy",
         cluster.cluster.ready_after.as_secs_f64()
     );
+    // `swarmctl status` from every node shows every member's role and lag.
+    for line in cluster.status_everywhere().await? {
+        eprintln!("{line}");
+    }
     let only = std::env::var("PGSWARM_MULTINODE_SCENARIOS").ok();
     let mut failures = Vec::new();
     for scenario in SCENARIOS {
