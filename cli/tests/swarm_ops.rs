@@ -461,15 +461,33 @@ fn patroni_example_deploys_healthy_and_switches_over() {
 
     // As from a manager that runs no member: Patroni asked from a one-off task on the
     // cluster's network gives every member's role, state and lag, and the task is removed.
-    let out = swarmctl()
-        .args(["status", "--output", "json", "-f"])
-        .arg(&c.spec)
-        .env("SWARMCTL_REMOTE", "1")
-        .output()
-        .expect("swarmctl runs");
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    let remote: Value = serde_json::from_str(&stdout).expect("JSON");
+    // (The old leader rejoins as a replica a little after the switchover: until it streams
+    // it has no lag, so this asks again until every replica streams, for at most 3 minutes.)
+    let remote_status = || {
+        let out = swarmctl()
+            .args(["status", "--output", "json", "-f"])
+            .arg(&c.spec)
+            .env("SWARMCTL_REMOTE", "1")
+            .output()
+            .expect("swarmctl runs");
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        serde_json::from_str::<Value>(&stdout).expect("JSON")
+    };
+    let mut remote = remote_status();
+    for _ in 0..36 {
+        let streaming = remote["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter(|m| m["kind"] == "postgres" && m["state"] == "streaming")
+            .count();
+        if streaming == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        remote = remote_status();
+    }
     assert_eq!(leaders(&remote), vec![target.clone()], "{remote:#}");
     let postgres: Vec<&Value> = remote["members"]
         .as_array()
@@ -486,7 +504,7 @@ fn patroni_example_deploys_healthy_and_switches_over() {
             "no role for {m}"
         );
         if m["role"] != "leader" {
-            assert!(m["lag_mb"].is_number(), "no lag for a replica: {m}");
+            assert!(m["lag_mb"].is_number(), "no lag for a replica: {remote:#}");
         }
     }
     let jobs = docker(&[
