@@ -554,11 +554,24 @@ async fn operate(command: Command) -> Result<(), Failure> {
                 )
                 .await?;
                 progress.say(&format!("cluster {} is ready", cluster.name));
+                swarm::objects::apply_and_report(
+                    &engine,
+                    &cluster,
+                    Duration::from_secs(timeout),
+                    &mut progress,
+                )
+                .await?;
             } else {
                 progress.say(&format!(
                     "deployed; follow it with `swarmctl status -f {}`",
                     file.display()
                 ));
+                if !cluster.objects.is_empty() {
+                    progress.say(
+                        "the declared roles and databases are applied by `swarmctl deploy \
+                         --wait`, once the cluster is ready",
+                    );
+                }
             }
         }
         Command::Status {

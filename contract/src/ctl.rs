@@ -66,6 +66,13 @@ pub enum Request {
     WriteCheck(Target),
     /// Run SQL with the simple query protocol; answers [`QueryReply`].
     Query { target: Target, sql: String },
+    /// Store the declared roles and databases on the primary at `target` and reconcile them
+    /// now; answers [`ApplyObjectsReply`]. Run in a data member, whose secret files hold the
+    /// roles' passwords.
+    ApplyObjects {
+        target: Target,
+        objects: crate::objects::Objects,
+    },
 }
 
 impl Request {
@@ -74,6 +81,7 @@ impl Request {
         match self {
             Request::WriteCheck(_) => "write-check",
             Request::Query { .. } => "query",
+            Request::ApplyObjects { .. } => "apply-objects",
         }
     }
 
@@ -85,6 +93,11 @@ impl Request {
             Request::Query { target, sql } => {
                 target.push_args(&mut argv);
                 argv.extend(["--sql".into(), sql.clone()]);
+            }
+            Request::ApplyObjects { target, objects } => {
+                target.push_args(&mut argv);
+                let json = serde_json::to_string(objects).unwrap_or_default();
+                argv.extend(["--objects".into(), json]);
             }
         }
         argv
@@ -117,6 +130,16 @@ impl QueryReply {
         let i = self.columns.iter().position(|c| c == column)?;
         self.rows.get(row)?.get(i)?.as_deref()
     }
+}
+
+/// What `apply-objects` answers: one line per change made (empty when the server already
+/// matched the spec), and the problems that kept a declared object from being reconciled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyObjectsReply {
+    pub changes: Vec<String>,
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// Why a request failed, which decides whether it may be tried again.

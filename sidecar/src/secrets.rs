@@ -194,6 +194,9 @@ mod tests {
         common
             .secret_files
             .insert(Secret::ReplicationPassword, path.display().to_string());
+        common
+            .secret_files
+            .insert(Secret::PoolerAuthPassword, path.display().to_string());
         let secrets = Secrets::load(&common, Mode::Primary).unwrap();
         assert!(secrets.get(Secret::ReplicationPassword).is_ok());
         assert!(secrets.get(Secret::RestPassword).is_err());

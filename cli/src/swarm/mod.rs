@@ -15,6 +15,7 @@ pub mod engine;
 pub mod exec;
 pub mod labels;
 pub mod nodes;
+pub mod objects;
 pub mod observe;
 pub mod progress;
 pub mod secrets;
