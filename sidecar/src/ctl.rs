@@ -443,14 +443,10 @@ async fn apply_objects(
     let auth_password = read_secret(common, Secret::PoolerAuthPassword)
         .ok()
         .and_then(|p| objects::Password::new(p.expose()).ok());
-    let superuser_file = common.secret_path(Secret::SuperuserPassword);
-    let secrets_dir = std::path::Path::new(&superuser_file)
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| pgswarm_contract::defaults::SECRETS_DIR.into());
+    let available = pgswarm_sidecar::secrets::role_passwords(common);
     let failed = |e: anyhow::Error| CtlError::new(ErrorKind::Statement, format!("{e:#}"));
     objects::store(&connector, objects).await.map_err(failed)?;
-    let outcome = objects::reconcile(&connector, objects, &secrets_dir, auth_password.as_ref())
+    let outcome = objects::reconcile(&connector, objects, &available, auth_password.as_ref())
         .await
         .map_err(failed)?;
     Ok(ApplyObjectsReply {

@@ -16,7 +16,6 @@
 //! becomes primary (they replicate it) keeps reconciling them ([`maintain`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,6 +30,8 @@ pub const MAINTENANCE_DB: &str = "postgres";
 /// Databases outside the spec that get the lookup function: `postgres` (the default target)
 /// and `template1` (so a database created later by hand inherits it).
 pub const SYSTEM_DATABASES: [&str; 2] = ["postgres", "template1"];
+/// Advisory lock key of a reconcile (`pgswarm` in ASCII).
+const RECONCILE_LOCK: i64 = 0x7067_7377_6172_6d;
 /// Connection limit of the lookup user: PgBouncer opens one connection per database.
 const AUTH_CONNECTION_LIMIT: i32 = 50;
 
@@ -720,57 +721,60 @@ async fn run_actions(connector: &Connector, actions: Vec<Action>, outcome: &mut 
     }
 }
 
-/// Reads the passwords of the declared login roles from `secrets_dir`; a missing or bad
-/// file is a problem (the role is still created, without a password, so it cannot log in).
-pub fn read_passwords(
+/// The passwords of the declared login roles among `available` (role name to the content of
+/// its secret file); a missing or unusable one is a problem (the role is still created,
+/// without a password, so it cannot log in until its secret is mounted).
+pub fn select_passwords(
     desired: &Objects,
-    secrets_dir: &Path,
+    available: &BTreeMap<String, crate::secrets::SecretValue>,
     problems: &mut Vec<String>,
 ) -> BTreeMap<String, Password> {
     let mut out = BTreeMap::new();
     for role in desired.roles.iter().filter(|r| r.has_password()) {
-        let path = secrets_dir.join(objects::role_password_file(&role.name));
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match Password::new(text.trim_end_matches(['\n', '\r'])) {
+        let file = objects::role_password_file(&role.name);
+        match available.get(&role.name) {
+            Some(value) => match Password::new(value.expose()) {
                 Ok(p) => {
                     out.insert(role.name.clone(), p);
                 }
                 Err(e) => problems.push(format!(
-                    "role {}: the password in {} is unusable: {e}",
-                    role.name,
-                    path.display()
+                    "role {}: the password in its secret {file} is unusable: {e}",
+                    role.name
                 )),
             },
-            Err(e) => problems.push(format!(
-                "role {}: cannot read its password from {} ({e}): the data members must mount \
-                 its secret there (`swarmctl deploy` does)",
-                role.name,
-                path.display()
+            None => problems.push(format!(
+                "role {}: no readable secret file {file} in this member: it gets no password \
+                 until the member runs with its secret mounted (`swarmctl deploy` mounts it \
+                 on every data member)",
+                role.name
             )),
         }
     }
     out
 }
 
-/// Observes, plans and applies `desired` on the primary `connector` reaches. `secrets_dir`
-/// holds the roles' password files; `auth_password` is the lookup user's.
+/// Observes, plans and applies `desired` on the primary `connector` reaches. `available`
+/// holds the role password files' contents by role; `auth_password` is the lookup user's.
 pub async fn reconcile(
     connector: &Connector,
     desired: &Objects,
-    secrets_dir: &Path,
+    available: &BTreeMap<String, crate::secrets::SecretValue>,
     auth_password: Option<&Password>,
 ) -> anyhow::Result<Outcome> {
     let mut outcome = Outcome::default();
-    let passwords = read_passwords(desired, secrets_dir, &mut outcome.problems);
-    {
-        let client = connector.connect(MAINTENANCE_DB).await?;
-        if crate::postgres::server_role(&client).await? != crate::postgres::ServerRole::Primary {
-            anyhow::bail!("the server is a standby: roles and databases change on the primary");
-        }
-        let observed = observe_cluster(&client, desired).await?;
-        let actions = plan_cluster(desired, &observed, &passwords, auth_password)?;
-        run_actions(connector, actions, &mut outcome).await;
+    let passwords = select_passwords(desired, available, &mut outcome.problems);
+    // One reconcile at a time (the primary's loop and `ctl apply-objects`): the lock lives
+    // as long as this session, which lives to the end of this function.
+    let lock = connector.connect(MAINTENANCE_DB).await?;
+    lock.query_one("SELECT pg_advisory_lock($1)", &[&RECONCILE_LOCK])
+        .await
+        .context("taking the reconcile lock")?;
+    if crate::postgres::server_role(&lock).await? != crate::postgres::ServerRole::Primary {
+        anyhow::bail!("the server is a standby: roles and databases change on the primary");
     }
+    let observed = observe_cluster(&lock, desired).await?;
+    let actions = plan_cluster(desired, &observed, &passwords, auth_password)?;
+    run_actions(connector, actions, &mut outcome).await;
     for database in SYSTEM_DATABASES {
         let ok = match connector.connect(database).await {
             Ok(client) => lookup_ok(&client).await?,
@@ -801,6 +805,7 @@ pub async fn reconcile(
         };
         run_actions(connector, plan_database(database, &observed), &mut outcome).await;
     }
+    drop(lock);
     Ok(outcome)
 }
 
@@ -864,10 +869,14 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 /// Keeps the lookup user and the stored declared objects in line while this member is the
 /// primary: on start (as soon as the server answers) and every [`MAINTAIN_INTERVAL`]. Logs
 /// one line per change, and a problem once (again only when the problems change).
-pub async fn maintain(connector: Connector, secrets_dir: PathBuf, auth_password: Option<Password>) {
+pub async fn maintain(
+    connector: Connector,
+    available: BTreeMap<String, crate::secrets::SecretValue>,
+    auth_password: Option<Password>,
+) {
     let mut last_problems: Vec<String> = Vec::new();
     loop {
-        let wait = match maintain_once(&connector, &secrets_dir, auth_password.as_ref()).await {
+        let wait = match maintain_once(&connector, &available, auth_password.as_ref()).await {
             Ok(Some(outcome)) => {
                 if outcome.problems != last_problems {
                     for p in &outcome.problems {
@@ -888,9 +897,8 @@ pub async fn maintain(connector: Connector, secrets_dir: PathBuf, auth_password:
 }
 
 /// Starts [`maintain`] for a data member that can become primary: over the local socket as
-/// the superuser (peer authentication), role passwords from the directory of the
-/// superuser's secret file (`/run/secrets` in a container), the lookup user's password from
-/// its secret.
+/// the superuser (peer authentication), with the role passwords and the lookup user's
+/// password read at start.
 pub fn spawn_for_member(
     common: &pgswarm_contract::Common,
     port: u16,
@@ -910,14 +918,9 @@ pub fn spawn_for_member(
                 Secret::PoolerAuthPassword.file_name()
             ))
         })?;
-    let superuser_file = common.secret_path(Secret::SuperuserPassword);
-    let secrets_dir = Path::new(&superuser_file)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(pgswarm_contract::defaults::SECRETS_DIR));
     tokio::spawn(maintain(
         Connector { base },
-        secrets_dir,
+        secrets.role_passwords().clone(),
         Some(auth_password),
     ));
     Ok(())
@@ -926,7 +929,7 @@ pub fn spawn_for_member(
 /// One round of [`maintain`]: `None` when this server is not the primary.
 async fn maintain_once(
     connector: &Connector,
-    secrets_dir: &Path,
+    available: &BTreeMap<String, crate::secrets::SecretValue>,
     auth_password: Option<&Password>,
 ) -> anyhow::Result<Option<Outcome>> {
     {
@@ -936,7 +939,7 @@ async fn maintain_once(
         }
     }
     let desired = stored(connector).await?;
-    reconcile(connector, &desired, secrets_dir, auth_password)
+    reconcile(connector, &desired, available, auth_password)
         .await
         .map(Some)
 }
