@@ -31,7 +31,7 @@ pub const MAINTENANCE_DB: &str = "postgres";
 /// and `template1` (so a database created later by hand inherits it).
 pub const SYSTEM_DATABASES: [&str; 2] = ["postgres", "template1"];
 /// Advisory lock key of a reconcile (`pgswarm` in ASCII).
-const RECONCILE_LOCK: i64 = 0x7067_7377_6172_6d;
+const RECONCILE_LOCK: i64 = 0x0070_6773_7761_726d;
 /// Connection limit of the lookup user: PgBouncer opens one connection per database.
 const AUTH_CONNECTION_LIMIT: i32 = 50;
 
