@@ -79,7 +79,7 @@ pub struct ObservedDatabase {
     pub owner: String,
     /// PUBLIC may connect (PostgreSQL's default for a new database).
     pub public_connect: bool,
-    /// Roles of interest (readers, the lookup user) that may connect.
+    /// Roles granted CONNECT explicitly (the database's ACL; the owner included).
     pub connect: BTreeSet<String>,
 }
 
@@ -423,6 +423,23 @@ pub fn plan_cluster(
                 ));
             }
         }
+        // A declared role no longer among the readers loses its grant; grants to roles the
+        // spec does not declare are someone else's and stay.
+        if let Some(have) = have {
+            for role in &present_roles {
+                let r = role.name.as_str();
+                if r != database.owner
+                    && have.connect.contains(r)
+                    && !database.readers.iter().any(|x| x == r)
+                {
+                    out.push(Action::new(
+                        db,
+                        format!("REVOKE CONNECT ON DATABASE {} FROM {}", q(name), q(r)),
+                        format!("revoked CONNECT on database {name} from {r} (not a reader)"),
+                    ));
+                }
+            }
+        }
     }
 
     for database in desired
@@ -618,10 +635,10 @@ async fn observe_cluster(client: &Client, desired: &Objects) -> anyhow::Result<O
     for row in client
         .query(
             "SELECT d.datname::text, r.rolname::text FROM pg_catalog.pg_database d \
-             CROSS JOIN pg_catalog.pg_roles r \
-             WHERE d.datname = ANY($1) AND r.rolname = ANY($2) \
-               AND has_database_privilege(r.oid, d.oid, 'CONNECT')",
-            &[&db_names, &role_names],
+             CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a \
+             JOIN pg_catalog.pg_roles r ON r.oid = a.grantee \
+             WHERE d.datname = ANY($1) AND a.privilege_type = 'CONNECT'",
+            &[&db_names],
         )
         .await
         .context("reading CONNECT privileges")?
@@ -1137,6 +1154,39 @@ mod tests {
             }],
             databases: vec![database("appdb", "app")],
         };
+        // A reader dropped from the list loses CONNECT; an undeclared grantee keeps it.
+        let mut observed = observed;
+        let appdb = observed.databases.get_mut("appdb").unwrap();
+        appdb.connect.insert("someone".into());
+        let mut with_reader = after.clone();
+        with_reader.roles.push(role("report"));
+        let mut observed_reader = observed.clone();
+        observed_reader
+            .databases
+            .get_mut("appdb")
+            .unwrap()
+            .connect
+            .insert("report".into());
+        observed_reader.roles.insert(
+            "report".into(),
+            ObservedRole {
+                login: true,
+                connection_limit: -1,
+                verifier: None,
+                member_of: BTreeSet::new(),
+            },
+        );
+        let revokes: Vec<String> =
+            plan_cluster(&with_reader, &observed_reader, &BTreeMap::new(), None)
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.sql.starts_with("REVOKE CONNECT"))
+                .map(|a| a.sql)
+                .collect();
+        assert_eq!(
+            revokes,
+            ["REVOKE CONNECT ON DATABASE \"appdb\" FROM \"report\""]
+        );
         let new_passwords = BTreeMap::from([("app".to_string(), pw("pw-2"))]);
         let actions = plan_cluster(&after, &observed, &new_passwords, Some(&pw("auth"))).unwrap();
         let changes: Vec<&str> = actions.iter().map(|a| a.change.as_str()).collect();

@@ -297,8 +297,26 @@ async fn declared_roles_and_databases_are_reconciled_and_log_in_through_the_pool
         .log_text()
         .contains("altered role app: connection limit 1 -> 9"));
 
+    // A reader taken off the list loses CONNECT and its SELECT on new tables.
+    let mut fewer = declared(Some(9));
+    fewer.databases[0].readers.clear();
+    let reply = apply(&dir, &primary, pg_port, &fewer);
+    assert_eq!(
+        reply.changes,
+        [
+            "revoked CONNECT on database appdb from report (not a reader)",
+            "revoked report's SELECT on the tables app creates in database appdb",
+        ]
+    );
+    let refused = connect_as(pg_port, "report", REPORT_PASSWORD, "appdb").await;
+    assert!(refused.is_err(), "report still connects to appdb");
+    assert_eq!(
+        apply(&dir, &primary, pg_port, &fewer),
+        ApplyObjectsReply::default()
+    );
+
     // ensure: absent drops, databases before roles.
-    let mut gone = declared(Some(9));
+    let mut gone = fewer.clone();
     gone.databases[1].ensure = Ensure::Absent;
     gone.roles[3].ensure = Ensure::Absent;
     let reply = apply(&dir, &primary, pg_port, &gone);
