@@ -117,7 +117,18 @@ pub async fn apply_and_report(
     if !supported(cluster) {
         return Ok(());
     }
-    let reply = apply(engine, cluster, timeout, progress).await?;
+    let reply = match apply(engine, cluster, timeout, progress).await {
+        Ok(reply) => reply,
+        // Nothing declared: the step only clears an earlier declaration, and must not fail a
+        // deploy (an image older than this swarmctl has no `ctl apply-objects`).
+        Err(e) if cluster.objects.is_empty() => {
+            progress.say(&format!(
+                "note: the stored roles and databases were not cleared ({e:#})"
+            ));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     if reply.changes.is_empty() && reply.problems.is_empty() && !cluster.objects.is_empty() {
         progress.say("roles and databases: already as declared");
     }
