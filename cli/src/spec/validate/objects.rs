@@ -285,3 +285,80 @@ pub(super) fn check_objects(
     }
     (objects, secrets, pooler)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::{self, Rule};
+    use pgswarm_contract::objects::{Ensure, PoolModeSetting};
+
+    #[test]
+    fn roles_and_databases_become_the_declaration_secrets_and_pool_lines() {
+        let v = spec::parse(
+            "name: demo\ntopology: patroni\nroles:\n  - name: app\n    connection_limit: 3\n    \
+             member_of: [team, pg_read_all_data]\n  - name: team\n    login: false\n  - name: \
+             ops\n    password_secret: ops_pw\n  - name: gone\n    ensure: absent\n\
+             databases:\n  - name: appdb\n    owner: app\n    readers: [ops]\n    \
+             pool_mode: session\n  - name: plain\n",
+        )
+        .expect("valid");
+        let c = &v.cluster;
+        let names: Vec<&str> = c.objects.roles.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["app", "team", "ops", "gone"]);
+        assert_eq!(c.objects.roles[0].connection_limit, Some(3));
+        assert!(!c.objects.roles[1].login);
+        assert_eq!(c.objects.roles[3].ensure, Ensure::Absent);
+        assert_eq!(c.objects.databases[1].owner, "postgres");
+        let secrets: Vec<(&str, &str, bool)> = c
+            .role_secrets
+            .iter()
+            .map(|s| (s.role.as_str(), s.docker_name.as_str(), s.generated))
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                ("app", "demo_role_app_password", true),
+                ("ops", "ops_pw", false)
+            ]
+        );
+        let pooler = c.pooler().expect("pooler");
+        match &pooler.env.role {
+            pgswarm_contract::Role::Pooler { databases, .. } => {
+                assert_eq!(databases.len(), 1);
+                assert_eq!(databases[0].name, "appdb");
+                assert_eq!(databases[0].pool_mode, Some(PoolModeSetting::Session));
+            }
+            other => panic!("not a pooler: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicates_long_secret_names_and_bad_secret_names_are_refused() {
+        let long = "r".repeat(50);
+        let e = spec::parse(&format!(
+            "name: demo\ntopology: patroni\nroles:\n  - name: app\n  - name: app\n  - name: \
+             {long}\n  - name: x\n    password_secret: 'bad name'\ndatabases:\n  - name: d\n  \
+             - name: d\n"
+        ))
+        .unwrap_err();
+        let messages: Vec<String> = e
+            .errors
+            .iter()
+            .filter(|p| p.rule == Rule::Roles || p.rule == Rule::Databases)
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        let all = messages.join("\n");
+        assert!(
+            all.contains("roles[1].name: role `app` is declared twice"),
+            "{all}"
+        );
+        assert!(all.contains("longer than Docker's 64 characters"), "{all}");
+        assert!(
+            all.contains("roles[3].password_secret: `bad name` is not a Docker secret name"),
+            "{all}"
+        );
+        assert!(
+            all.contains("databases[1].name: database `d` is declared twice"),
+            "{all}"
+        );
+    }
+}
