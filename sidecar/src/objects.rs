@@ -880,6 +880,8 @@ pub async fn stored(connector: &Connector) -> anyhow::Result<Objects> {
 
 /// How often the primary checks its roles and databases.
 pub const MAINTAIN_INTERVAL: Duration = Duration::from_secs(30);
+/// Failed rounds in a row before a failure is logged as a warning.
+const FAILURES_BEFORE_WARNING: u32 = 6;
 /// How soon a failed or not-yet-possible check (the server starting, a standby) is retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -892,9 +894,15 @@ pub async fn maintain(
     auth_password: Option<Password>,
 ) {
     let mut last_problems: Vec<String> = Vec::new();
+    // A failure is said once it lasts (the server starting up fails a round or two), and
+    // again only when it changes.
+    let mut failures = 0u32;
+    let mut last_error = String::new();
     loop {
         let wait = match maintain_once(&connector, &available, auth_password.as_ref()).await {
             Ok(Some(outcome)) => {
+                failures = 0;
+                last_error.clear();
                 if outcome.problems != last_problems {
                     for p in &outcome.problems {
                         warn!("roles and databases: {p}");
@@ -903,9 +911,19 @@ pub async fn maintain(
                 }
                 MAINTAIN_INTERVAL
             }
-            Ok(None) => RETRY_INTERVAL,
+            Ok(None) => {
+                failures = 0;
+                RETRY_INTERVAL
+            }
             Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "roles and databases not checked");
+                failures += 1;
+                let error = format!("{e:#}");
+                if failures >= FAILURES_BEFORE_WARNING && error != last_error {
+                    warn!(error = %error, "roles and databases not checked; trying again");
+                    last_error = error;
+                } else {
+                    tracing::debug!(error = %error, "roles and databases not checked");
+                }
                 RETRY_INTERVAL
             }
         };
