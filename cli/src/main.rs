@@ -106,6 +106,20 @@ enum Command {
         #[arg(long, default_value_t = 900)]
         timeout: u64,
     },
+    /// Apply the spec's roles and databases on the primary now, without a deploy (`deploy
+    /// --wait` and `up` do it too). A changed role is altered in place: nothing restarts.
+    #[command(
+        after_help = "Prints one line per change; nothing when the cluster already matches.\n\n\
+                      Example:\n  swarmctl apply-roles -f demo.yml"
+    )]
+    ApplyRoles {
+        /// The spec file, or `-` for standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Seconds to wait for the primary to answer.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Show each member: role, state, timeline, lag, node, task and health.
     #[command(after_help = "Examples:\n  swarmctl status -f demo.yml\n  \
                             swarmctl status -f demo.yml --output json")]
@@ -349,6 +363,7 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::LabelNodes { .. }
         | Command::Deploy { .. }
+        | Command::ApplyRoles { .. }
         | Command::Status { .. }
         | Command::Switchover { .. }
         | Command::Doctor { .. }
@@ -558,12 +573,45 @@ async fn operate(command: Command) -> Result<(), Failure> {
                 )
                 .await?;
                 progress.say(&format!("cluster {} is ready", cluster.name));
+                swarm::objects::apply_and_report(
+                    &engine,
+                    &cluster,
+                    Duration::from_secs(timeout),
+                    &mut progress,
+                )
+                .await?;
             } else {
                 progress.say(&format!(
                     "deployed; follow it with `swarmctl status -f {}`",
                     file.display()
                 ));
+                if !cluster.objects.is_empty() {
+                    progress.say(
+                        "the declared roles and databases are applied by `swarmctl deploy \
+                         --wait`, once the cluster is ready",
+                    );
+                }
             }
+        }
+        Command::ApplyRoles { file, timeout } => {
+            let cluster = load_cluster(&file)?;
+            if !swarm::objects::supported(&cluster) {
+                return Err(anyhow::anyhow!(
+                    "cluster {} is a {} cluster: roles and databases are declared for the \
+                     replication and patroni topologies only",
+                    cluster.name,
+                    cluster.topology
+                )
+                .into());
+            }
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            swarm::objects::apply_and_report(
+                &engine,
+                &cluster,
+                Duration::from_secs(timeout),
+                &mut progress,
+            )
+            .await?;
         }
         Command::Status {
             file,

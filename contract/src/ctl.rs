@@ -84,6 +84,13 @@ pub enum Request {
     /// lead to a demoted primary). Answers [`PoolerReply`]; resuming a pooler that is not
     /// paused is not an error.
     PoolerResume { port: u16 },
+    /// Store the declared roles and databases on the primary at `target` and reconcile them
+    /// now; answers [`ApplyObjectsReply`]. Run in a data member, whose secret files hold the
+    /// roles' passwords.
+    ApplyObjects {
+        target: Target,
+        objects: crate::objects::Objects,
+    },
 }
 
 impl Request {
@@ -95,6 +102,7 @@ impl Request {
             Request::PoolerPause { .. } => "pooler-pause",
             Request::PoolerResume { .. } => "pooler-resume",
             Request::Patronictl { .. } => "patronictl",
+            Request::ApplyObjects { .. } => "apply-objects",
         }
     }
 
@@ -123,6 +131,11 @@ impl Request {
             Request::Patronictl { args } => {
                 argv.push("--".into());
                 argv.extend(args.iter().cloned());
+            }
+            Request::ApplyObjects { target, objects } => {
+                target.push_args(&mut argv);
+                let json = serde_json::to_string(objects).unwrap_or_default();
+                argv.extend(["--objects".into(), json]);
             }
         }
         argv
@@ -169,6 +182,16 @@ pub struct PoolerReply {
     /// Resume: whether the pooler was paused when asked (false: there was nothing to resume).
     #[serde(default)]
     pub was_paused: bool,
+}
+
+/// What `apply-objects` answers: one line per change made (empty when the server already
+/// matched the spec), and the problems that kept a declared object from being reconciled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyObjectsReply {
+    pub changes: Vec<String>,
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// Why a request failed, which decides whether it may be tried again.

@@ -9,6 +9,7 @@
 //! (`PGSWARM_*_FILE`, defaulting to `/run/secrets/<name>`).
 
 pub mod ctl;
+pub mod objects;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,8 @@ pub mod env {
     pub const REPLICATION_PASSWORD_FILE: &str = "PGSWARM_REPLICATION_PASSWORD_FILE";
     /// Path of the Patroni REST API password file.
     pub const REST_PASSWORD_FILE: &str = "PGSWARM_REST_PASSWORD_FILE";
+    /// Path of the password file of the pooler's lookup user (`pgswarm_auth`).
+    pub const POOLER_AUTH_PASSWORD_FILE: &str = "PGSWARM_POOLER_AUTH_PASSWORD_FILE";
 
     /// Replication primary: the replica slots to create (comma separated).
     pub const REPLICA_SLOTS: &str = "PGSWARM_REPLICA_SLOTS";
@@ -127,6 +130,8 @@ pub mod env {
     pub const POOL_SIZE: &str = "PGSWARM_POOL_SIZE";
     /// Pooler max client connections.
     pub const MAX_CLIENT_CONN: &str = "PGSWARM_MAX_CLIENT_CONN";
+    /// Pooler: per-database pool settings, a JSON list of `{name, pool_size, pool_mode}`.
+    pub const POOLER_DATABASES: &str = "PGSWARM_POOLER_DATABASES";
 }
 
 /// Defaults shared by the generator and the sidecar.
@@ -174,13 +179,16 @@ pub enum Secret {
     ReplicationPassword,
     /// Password of Patroni's REST API (basic auth).
     RestPassword,
+    /// Password of `pgswarm_auth`, the user PgBouncer's `auth_query` runs as.
+    PoolerAuthPassword,
 }
 
 impl Secret {
-    pub const ALL: [Secret; 3] = [
+    pub const ALL: [Secret; 4] = [
         Secret::SuperuserPassword,
         Secret::ReplicationPassword,
         Secret::RestPassword,
+        Secret::PoolerAuthPassword,
     ];
 
     /// File name inside the secrets directory (the `target` of the stack's secret mount).
@@ -189,6 +197,7 @@ impl Secret {
             Secret::SuperuserPassword => "superuser_password",
             Secret::ReplicationPassword => "replication_password",
             Secret::RestPassword => "rest_password",
+            Secret::PoolerAuthPassword => "pooler_auth_password",
         }
     }
 
@@ -198,6 +207,7 @@ impl Secret {
             Secret::SuperuserPassword => env::SUPERUSER_PASSWORD_FILE,
             Secret::ReplicationPassword => env::REPLICATION_PASSWORD_FILE,
             Secret::RestPassword => env::REST_PASSWORD_FILE,
+            Secret::PoolerAuthPassword => env::POOLER_AUTH_PASSWORD_FILE,
         }
     }
 
@@ -213,7 +223,8 @@ impl Secret {
 
     /// Which modes need this secret. The router (HAProxy) checks members through Patroni's
     /// unauthenticated health endpoints and holds no credential; the pooler needs the
-    /// superuser password for PgBouncer's auth file.
+    /// superuser password (admin console) and the lookup user's password for PgBouncer's
+    /// auth file; the members that can lead create the lookup user with that password.
     pub fn needed_by(self, mode: Mode) -> bool {
         match (self, mode) {
             (_, Mode::Etcd | Mode::Router) => false,
@@ -222,6 +233,8 @@ impl Secret {
             (Secret::ReplicationPassword, _) => false,
             (Secret::RestPassword, Mode::Patroni) => true,
             (Secret::RestPassword, _) => false,
+            (Secret::PoolerAuthPassword, Mode::Primary | Mode::Patroni | Mode::Pooler) => true,
+            (Secret::PoolerAuthPassword, _) => false,
         }
     }
 }
@@ -553,6 +566,8 @@ pub enum Role {
         pool_mode: PoolMode,
         pool_size: u32,
         max_client_conn: u32,
+        /// Per-database pool settings; every other database uses the defaults above.
+        databases: Vec<objects::PoolerDatabase>,
     },
 }
 
@@ -741,6 +756,7 @@ impl MemberEnv {
                 pool_mode,
                 pool_size,
                 max_client_conn,
+                databases,
             } => {
                 out.push((env::POOLER_TARGET_HOST, target.host.clone()));
                 out.push((env::POOLER_TARGET_PORT, target.port.to_string()));
@@ -748,6 +764,10 @@ impl MemberEnv {
                 out.push((env::POOL_MODE, pool_mode.as_str().into()));
                 out.push((env::POOL_SIZE, pool_size.to_string()));
                 out.push((env::MAX_CLIENT_CONN, max_client_conn.to_string()));
+                if !databases.is_empty() {
+                    let json = serde_json::to_string(databases).unwrap_or_default();
+                    out.push((env::POOLER_DATABASES, json));
+                }
             }
         }
         out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
@@ -938,6 +958,18 @@ impl MemberEnv {
                 },
                 pool_size: r.parsed(env::POOL_SIZE, defaults::POOL_SIZE)?,
                 max_client_conn: r.parsed(env::MAX_CLIENT_CONN, defaults::MAX_CLIENT_CONN)?,
+                databases: match r.get(env::POOLER_DATABASES) {
+                    None => Vec::new(),
+                    Some(json) => {
+                        serde_json::from_str(&json).map_err(|e| ContractError::Invalid {
+                            var: env::POOLER_DATABASES,
+                            value: json.clone(),
+                            expected: format!(
+                                "a JSON list of {{name, pool_size, pool_mode}} objects ({e})"
+                            ),
+                        })?
+                    }
+                },
             },
         };
         Ok(MemberEnv { common, role })
@@ -1074,6 +1106,11 @@ mod tests {
                 pool_mode: PoolMode::Session,
                 pool_size: 7,
                 max_client_conn: 70,
+                databases: vec![objects::PoolerDatabase {
+                    name: "appdb".into(),
+                    pool_size: Some(3),
+                    pool_mode: Some(objects::PoolModeSetting::Session),
+                }],
             },
         ];
         for role in roles {
@@ -1093,21 +1130,24 @@ mod tests {
                 .filter(|s| s.needed_by(mode))
                 .collect::<Vec<_>>()
         };
-        let all = vec![
-            Secret::SuperuserPassword,
-            Secret::ReplicationPassword,
-            Secret::RestPassword,
-        ];
+        let all = Secret::ALL.to_vec();
         assert_eq!(needs(Mode::Patroni), all);
         assert_eq!(
             needs(Mode::Primary),
-            vec![Secret::SuperuserPassword, Secret::ReplicationPassword]
+            vec![
+                Secret::SuperuserPassword,
+                Secret::ReplicationPassword,
+                Secret::PoolerAuthPassword
+            ]
         );
         assert_eq!(
             needs(Mode::Replica),
             vec![Secret::SuperuserPassword, Secret::ReplicationPassword]
         );
-        assert_eq!(needs(Mode::Pooler), vec![Secret::SuperuserPassword]);
+        assert_eq!(
+            needs(Mode::Pooler),
+            vec![Secret::SuperuserPassword, Secret::PoolerAuthPassword]
+        );
         assert!(needs(Mode::Router).is_empty());
         assert!(needs(Mode::Etcd).is_empty());
     }

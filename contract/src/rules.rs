@@ -288,6 +288,61 @@ pub fn check_role_names(superuser: &str, replication_user: &str) -> Result<(), R
     }
 }
 
+/// Why `name` cannot be a role declared in the spec's `roles`, if it cannot: it must be a
+/// plain identifier and not one pgswarm or PostgreSQL keeps for itself (the superuser, the
+/// replication user, the pooler's lookup user, `public`, the `pg_` prefix).
+pub fn declared_role_problem(
+    name: &str,
+    superuser: &str,
+    replication_user: &str,
+) -> Option<String> {
+    if !is_identifier(name) {
+        return Some(format!(
+            "`{name}` is not a plain role name: use lowercase letters, digits and `_`, starting \
+             with a letter (at most 63 characters)"
+        ));
+    }
+    if name == superuser {
+        return Some(format!(
+            "`{name}` is the superuser, which pgswarm manages itself: declare another role"
+        ));
+    }
+    if name == replication_user {
+        return Some(format!(
+            "`{name}` is the replication user, which pgswarm manages itself: declare another role"
+        ));
+    }
+    if name == crate::objects::AUTH_USER || name == crate::objects::SCHEMA {
+        return Some(format!(
+            "`{name}` is kept for the pooler's password lookup: choose another name"
+        ));
+    }
+    if name == "public" || name.starts_with("pg_") {
+        return Some(format!(
+            "`{name}` is reserved by PostgreSQL (`public` and names starting with `pg_`): \
+             choose another name"
+        ));
+    }
+    None
+}
+
+/// Why `name` cannot be a database declared in the spec's `databases`, if it cannot.
+pub fn declared_database_problem(name: &str) -> Option<String> {
+    if !is_identifier(name) {
+        return Some(format!(
+            "`{name}` is not a plain database name: use lowercase letters, digits and `_`, \
+             starting with a letter (at most 63 characters)"
+        ));
+    }
+    if matches!(name, "postgres" | "template0" | "template1") {
+        return Some(format!(
+            "`{name}` is one of PostgreSQL's own databases, which pgswarm does not manage: \
+             declare an application database with another name"
+        ));
+    }
+    None
+}
+
 /// TCP keepalive timing for every service (kernel sysctls), PostgreSQL's `tcp_keepalives_*`
 /// and the replicas' connection to their primary. Swarm's IPVS drops a connection idle for
 /// 900 s, so the first probe must come well before that; a peer that vanished without a reset

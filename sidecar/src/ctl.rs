@@ -14,8 +14,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
-use pgswarm_contract::ctl::{CtlError, ErrorKind, PoolerReply, QueryReply, WriteCheckReply};
+use pgswarm_contract::ctl::{
+    ApplyObjectsReply, CtlError, ErrorKind, PoolerReply, QueryReply, WriteCheckReply,
+};
+use pgswarm_contract::objects::Objects;
 use pgswarm_contract::{MemberEnv, Role, Secret};
+use pgswarm_sidecar::objects;
 use pgswarm_sidecar::pooler;
 use pgswarm_sidecar::secrets::read_secret;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
@@ -90,6 +94,26 @@ pub enum CtlCommand {
         /// PgBouncer's port in this container.
         #[arg(long)]
         port: u16,
+    },
+    /// Store the declared roles and databases (JSON, as `swarmctl` validated them) on the
+    /// primary at HOST:PORT and reconcile them now; print the changes made. Role passwords
+    /// are read from this container's secret files, next to the superuser's.
+    ApplyObjects {
+        /// Host of the primary: 127.0.0.1 for this member.
+        #[arg(long)]
+        host: String,
+        /// Port on that host.
+        #[arg(long)]
+        port: u16,
+        /// Database to connect to (the maintenance database).
+        #[arg(long, default_value = "postgres")]
+        dbname: String,
+        /// Seconds to wait for the connection.
+        #[arg(long, default_value_t = 5)]
+        connect_timeout: u64,
+        /// The declared objects, as JSON (`pgswarm_contract::objects::Objects`).
+        #[arg(long)]
+        objects: String,
     },
     /// Run psql against HOST:PORT as the superuser, the password handed to psql through a
     /// passfile readable only by this user and removed when psql ends (never in an
@@ -228,6 +252,22 @@ async fn dispatch(member: &MemberEnv, command: CtlCommand) -> Result<String, Ctl
                 waited_ms: started.elapsed().as_millis() as u64,
                 was_paused,
             }))
+        }
+        CtlCommand::ApplyObjects {
+            host,
+            port,
+            dbname: _,
+            connect_timeout,
+            objects,
+        } => {
+            let objects: Objects = serde_json::from_str(&objects).map_err(|e| {
+                CtlError::new(
+                    ErrorKind::Refused,
+                    format!("--objects is not the JSON this version reads: {e}"),
+                )
+            })?;
+            let reply = apply_objects(member, &host, port, connect_timeout, &objects).await?;
+            json(serde_json::to_string(&reply))
         }
         CtlCommand::Psql { .. } | CtlCommand::Patronictl { .. } => Err(CtlError::new(
             ErrorKind::Refused,
@@ -495,6 +535,58 @@ async fn query(
         )
     })?;
     Ok(rows_of(&messages))
+}
+
+async fn apply_objects(
+    member: &MemberEnv,
+    host: &str,
+    port: u16,
+    connect_timeout: u64,
+    objects: &Objects,
+) -> Result<ApplyObjectsReply, CtlError> {
+    let common = &member.common;
+    // The same check as a plain query first, so an unreachable or refusing server gets the
+    // usual error kinds.
+    let client = superuser_client(member, host, port, "postgres", connect_timeout).await?;
+    let in_recovery = client
+        .simple_query("SELECT pg_is_in_recovery()::text")
+        .await
+        .map_err(|e| statement_error(format!("asking {host}:{port} for its role"), &e))?;
+    if rows_of(&in_recovery)
+        .rows
+        .first()
+        .and_then(|r| r[0].as_deref())
+        != Some("false")
+    {
+        return Err(CtlError::new(
+            ErrorKind::Unreachable,
+            format!("{host}:{port} is a standby: roles and databases change on the primary"),
+        ));
+    }
+    drop(client);
+    let password = read_secret(common, Secret::SuperuserPassword)
+        .map_err(|e| CtlError::new(ErrorKind::Refused, format!("{e:#}")))?;
+    let mut base = tokio_postgres::Config::new();
+    base.host(host)
+        .port(port)
+        .user(&common.superuser)
+        .password(password.expose())
+        .application_name("pgswarm-ctl")
+        .connect_timeout(Duration::from_secs(connect_timeout));
+    let connector = objects::Connector { base };
+    let auth_password = read_secret(common, Secret::PoolerAuthPassword)
+        .ok()
+        .and_then(|p| objects::Password::new(p.expose()).ok());
+    let available = pgswarm_sidecar::secrets::role_passwords(common);
+    let failed = |e: anyhow::Error| CtlError::new(ErrorKind::Statement, format!("{e:#}"));
+    objects::store(&connector, objects).await.map_err(failed)?;
+    let outcome = objects::reconcile(&connector, objects, &available, auth_password.as_ref())
+        .await
+        .map_err(failed)?;
+    Ok(ApplyObjectsReply {
+        changes: outcome.changes,
+        problems: outcome.problems,
+    })
 }
 
 async fn write_check(

@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod liveness;
 pub mod logging;
+pub mod objects;
 pub mod patroni;
 pub mod pooler;
 pub mod postgres;

@@ -807,6 +807,10 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         common.rest_user.clone(),
         credentials.rest_password.clone(),
     ));
+    // Citus propagates roles from the coordinator itself; declared roles are refused there.
+    if spec.citus.is_none() {
+        crate::objects::spawn_for_member(common, spec.postgres.port, secrets)?;
+    }
     let child = ChildSpec::new("patroni", "patroni").arg(&path);
     supervise::supervise(child, std::future::pending()).await
 }

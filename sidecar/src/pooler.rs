@@ -1,16 +1,23 @@
 //! Mode `pooler`: PgBouncer in front of the router's read-write port.
 //!
-//! `pgbouncer.ini` comes from `pgbouncer.ini.hbs`; the auth file holds the superuser with its
-//! password in plain text, mode 0600 in the run directory. Plain text rather than a SCRAM
-//! verifier because PgBouncer (1.18 and 1.24 alike) can log in to PostgreSQL with SCRAM only
-//! when it knows the password, or when the client's SCRAM keys match a verifier identical to
-//! the server's, which a verifier made here with its own salt would not be.
+//! `pgbouncer.ini` comes from `pgbouncer.ini.hbs`; the auth file holds two users with their
+//! passwords in plain text, mode 0600 in the run directory: the superuser (the admin console,
+//! `swarmctl`'s checks) and `pgswarm_auth`, the least-privilege user PgBouncer's
+//! `auth_query` runs as. Every other role is looked up on the server through the SECURITY
+//! DEFINER function `pgswarm.user_lookup(text)` (see `objects`), which hands PgBouncer the
+//! role's SCRAM verifier: the client's SCRAM keys then match the server's verifier, so
+//! PgBouncer logs in to PostgreSQL as that role without ever knowing its password.
+//! Plain text in the auth file because PgBouncer (1.18 and 1.24 alike) can log in to
+//! PostgreSQL with SCRAM only when it knows the password, or when the client's SCRAM keys
+//! match a verifier identical to the server's, which a verifier made here with its own salt
+//! would not be.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use nix::sys::signal::Signal;
+use pgswarm_contract::objects::{PoolerDatabase, AUTH_QUERY, AUTH_USER};
 use pgswarm_contract::{Common, Endpoint, MemberEnv, PoolMode, Role, Secret};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -47,6 +54,24 @@ pub enum PoolerConfigError {
     BadUser(String),
     #[error("the superuser's password contains a control character, which PgBouncer's auth file cannot hold")]
     BadPassword,
+    #[error(
+        "{var} names database {0:?}, which is not a plain name (lowercase letters, digits, `_`)",
+        var = pgswarm_contract::env::POOLER_DATABASES
+    )]
+    BadDatabase(String),
+    #[error(
+        "{var}: database {0:?} has pool_size 0; a pool needs at least one server connection",
+        var = pgswarm_contract::env::POOLER_DATABASES
+    )]
+    ZeroDatabasePool(String),
+}
+
+/// One `[databases]` line with its own pool settings.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DatabaseLine {
+    pub name: String,
+    pub pool_size: Option<u32>,
+    pub pool_mode: Option<String>,
 }
 
 /// Everything `pgbouncer.ini.hbs` needs.
@@ -60,6 +85,11 @@ pub struct PoolerConfig {
     pub run_dir: String,
     pub auth_file: String,
     pub superuser: String,
+    /// The user `auth_query` runs as.
+    pub auth_user: String,
+    pub auth_query: String,
+    /// Databases with their own pool settings, before the catch-all `*`.
+    pub databases: Vec<DatabaseLine>,
     pub pool_mode: String,
     pub pool_size: u32,
     pub reserve_pool_size: u32,
@@ -75,6 +105,7 @@ impl PoolerConfig {
             pool_mode,
             pool_size,
             max_client_conn,
+            databases,
         } = role
         else {
             return None;
@@ -86,6 +117,7 @@ impl PoolerConfig {
             *pool_mode,
             *pool_size,
             *max_client_conn,
+            databases,
         ))
     }
 
@@ -96,6 +128,7 @@ impl PoolerConfig {
         pool_mode: PoolMode,
         pool_size: u32,
         max_client_conn: u32,
+        databases: &[PoolerDatabase],
     ) -> Result<Self, PoolerConfigError> {
         if pool_size == 0 {
             return Err(PoolerConfigError::ZeroPoolSize);
@@ -116,6 +149,20 @@ impl PoolerConfig {
                 host: target.host.clone(),
             });
         }
+        let mut lines = Vec::new();
+        for d in databases {
+            if !pgswarm_contract::rules::is_identifier(&d.name) {
+                return Err(PoolerConfigError::BadDatabase(d.name.clone()));
+            }
+            if d.pool_size == Some(0) {
+                return Err(PoolerConfigError::ZeroDatabasePool(d.name.clone()));
+            }
+            lines.push(DatabaseLine {
+                name: d.name.clone(),
+                pool_size: d.pool_size,
+                pool_mode: d.pool_mode.map(|m| PoolMode::from(m).as_str().to_string()),
+            });
+        }
         Ok(PoolerConfig {
             cluster: common.cluster.clone(),
             target_host: target.host.clone(),
@@ -125,6 +172,9 @@ impl PoolerConfig {
             run_dir: common.run_dir.clone(),
             auth_file: auth_file_path(common).display().to_string(),
             superuser: common.superuser.clone(),
+            auth_user: AUTH_USER.into(),
+            auth_query: AUTH_QUERY.into(),
+            databases: lines,
             pool_mode: pool_mode.as_str().into(),
             pool_size,
             reserve_pool_size: (pool_size / 4).max(1),
@@ -144,15 +194,19 @@ pub fn auth_file_path(common: &Common) -> PathBuf {
 }
 
 /// PgBouncer's auth file: `"user" "password"` lines, a `"` doubled inside a field.
-pub fn auth_file(user: &str, password: &str) -> Result<String, PoolerConfigError> {
-    if user.chars().any(char::is_control) {
-        return Err(PoolerConfigError::BadUser(user.to_string()));
+pub fn auth_file(users: &[(&str, &str)]) -> Result<String, PoolerConfigError> {
+    let mut out = String::new();
+    for (user, password) in users {
+        if user.chars().any(char::is_control) {
+            return Err(PoolerConfigError::BadUser(user.to_string()));
+        }
+        if password.chars().any(char::is_control) {
+            return Err(PoolerConfigError::BadPassword);
+        }
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        out.push_str(&format!("{} {}\n", quote(user), quote(password)));
     }
-    if password.chars().any(char::is_control) {
-        return Err(PoolerConfigError::BadPassword);
-    }
-    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    Ok(format!("{} {}\n", quote(user), quote(password)))
+    Ok(out)
 }
 
 /// Renders pgbouncer.ini.
@@ -169,8 +223,12 @@ pub fn prepare(
     templates: &Templates,
     config: &PoolerConfig,
     superuser_password: &str,
+    auth_password: &str,
 ) -> anyhow::Result<ChildSpec> {
-    let users = auth_file(&common.superuser, superuser_password)?;
+    let users = auth_file(&[
+        (&common.superuser, superuser_password),
+        (AUTH_USER, auth_password),
+    ])?;
     write_private(&auth_file_path(common), users.as_bytes())?;
     let path = config_path(common);
     write_file(&path, render(templates, config)?.as_bytes(), 0o640)?;
@@ -201,16 +259,22 @@ pub async fn run(
 ) -> anyhow::Result<i32> {
     let mut config = config_of(member)?;
     let password = secrets.get(Secret::SuperuserPassword)?;
+    let auth_password = secrets.get(Secret::PoolerAuthPassword)?;
     let router = config.target_host.clone();
     if let Some(address) = resolve(&router, config.target_port).await {
         info!(router = %router, %address, "PgBouncer connects to the router's current address");
         config.target_host = address;
     }
-    let child = prepare(&member.common, templates, &config, password.expose()).map_err(|e| {
-        match e.downcast::<PoolerConfigError>() {
-            Ok(e) => ConfigError(e.to_string()).into(),
-            Err(e) => e,
-        }
+    let child = prepare(
+        &member.common,
+        templates,
+        &config,
+        password.expose(),
+        auth_password.expose(),
+    )
+    .map_err(|e| match e.downcast::<PoolerConfigError>() {
+        Ok(e) => ConfigError(e.to_string()).into(),
+        Err(e) => e,
     })?;
     // A pause left by an earlier incarnation means nothing to this PgBouncer.
     let _ = std::fs::remove_file(pause_deadline_path(&member.common));
@@ -542,6 +606,7 @@ mod tests {
             pool_mode: PoolMode::Transaction,
             pool_size: 20,
             max_client_conn: 1000,
+            databases: vec![],
         }
     }
 
@@ -580,6 +645,53 @@ mod tests {
         assert_eq!(setting(&text, "tcp_keepalive"), Some("1"));
         assert_eq!(setting(&text, "dns_max_ttl"), Some("5"));
         assert_eq!(setting(&text, "admin_users"), Some("postgres"));
+        assert_eq!(setting(&text, "auth_user"), Some("pgswarm_auth"));
+        assert_eq!(
+            setting(&text, "auth_query"),
+            Some("SELECT uname, phash FROM pgswarm.user_lookup($1)")
+        );
+    }
+
+    #[test]
+    fn databases_get_their_own_pool_settings_before_the_catch_all() {
+        let mut r = role();
+        if let Role::Pooler { databases, .. } = &mut r {
+            *databases = vec![
+                PoolerDatabase {
+                    name: "appdb".into(),
+                    pool_size: Some(5),
+                    pool_mode: Some(pgswarm_contract::objects::PoolModeSetting::Session),
+                },
+                PoolerDatabase {
+                    name: "other".into(),
+                    pool_size: None,
+                    pool_mode: None,
+                },
+            ];
+        }
+        let c = PoolerConfig::from_contract(&common(), &r).unwrap().unwrap();
+        let text = render(&Templates::default(), &c).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "[databases]")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "appdb = host=demo_router port=5000 pool_size=5 pool_mode=session",
+                "other = host=demo_router port=5000",
+                "* = host=demo_router port=5000",
+            ]
+        );
+        if let Role::Pooler { databases, .. } = &mut r {
+            databases[0].pool_size = Some(0);
+        }
+        let err = PoolerConfig::from_contract(&common(), &r)
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("appdb"), "{err}");
     }
 
     #[test]
@@ -606,11 +718,11 @@ mod tests {
     #[test]
     fn auth_file_quotes_its_fields() {
         assert_eq!(
-            auth_file("postgres", "pa\"ss word").unwrap(),
-            "\"postgres\" \"pa\"\"ss word\"\n"
+            auth_file(&[("postgres", "pa\"ss word"), ("pgswarm_auth", "x")]).unwrap(),
+            "\"postgres\" \"pa\"\"ss word\"\n\"pgswarm_auth\" \"x\"\n"
         );
         assert_eq!(
-            auth_file("postgres", "a\nb"),
+            auth_file(&[("postgres", "a\nb")]),
             Err(PoolerConfigError::BadPassword)
         );
     }

@@ -52,6 +52,7 @@ pub async fn run(
             for slot in replica_slots {
                 check_slot_name(slot, env::REPLICA_SLOTS)?;
             }
+            crate::objects::spawn_for_member(&member.common, server.pg.port, secrets)?;
             run_primary(&server, secrets, replica_slots, init_sql_dir.as_deref()).await
         }
         Role::Replica { primary, slot, .. } => {

@@ -104,11 +104,48 @@ pub fn read_secret(common: &Common, secret: Secret) -> Result<SecretValue, Secre
     }
 }
 
+/// The directory of the role password files: the superuser's secret's (`/run/secrets`).
+pub fn secrets_dir(common: &Common) -> std::path::PathBuf {
+    let superuser = common.secret_path(Secret::SuperuserPassword);
+    std::path::Path::new(&superuser)
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| pgswarm_contract::defaults::SECRETS_DIR.into())
+}
+
+/// Every `role_<name>_password` file of the secrets directory, trimmed; files that cannot be
+/// read or are empty are left out (the reconciler reports the role's password as missing).
+pub fn role_passwords(common: &Common) -> BTreeMap<String, SecretValue> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(secrets_dir(common)) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().to_string();
+        let Some(role) = file
+            .strip_prefix("role_")
+            .and_then(|r| r.strip_suffix("_password"))
+        else {
+            continue;
+        };
+        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+            let value = text.trim();
+            if !value.is_empty() {
+                out.insert(role.to_string(), SecretValue(value.to_string()));
+            }
+        }
+    }
+    out
+}
+
 /// The secrets one mode needs ([`Secret::needed_by`]), read up front.
 #[derive(Debug, Clone)]
 pub struct Secrets {
     mode: Mode,
     values: BTreeMap<Secret, SecretValue>,
+    /// Passwords of declared roles (`role_<name>_password` beside the superuser's secret),
+    /// for the members that may lead; read here, before privileges are dropped.
+    roles: BTreeMap<String, SecretValue>,
 }
 
 impl Secrets {
@@ -119,12 +156,29 @@ impl Secrets {
                 values.insert(secret, read_secret(common, secret)?);
             }
         }
-        Ok(Secrets { mode, values })
+        let roles = match mode {
+            Mode::Primary | Mode::Patroni => role_passwords(common),
+            _ => BTreeMap::new(),
+        };
+        Ok(Secrets {
+            mode,
+            values,
+            roles,
+        })
     }
 
     /// For tests and callers that assemble secrets themselves.
     pub fn from_values(mode: Mode, values: BTreeMap<Secret, SecretValue>) -> Self {
-        Secrets { mode, values }
+        Secrets {
+            mode,
+            values,
+            roles: BTreeMap::new(),
+        }
+    }
+
+    /// The declared roles' passwords found at start, by role name.
+    pub fn role_passwords(&self) -> &BTreeMap<String, SecretValue> {
+        &self.roles
     }
 
     pub fn get(&self, secret: Secret) -> Result<&SecretValue, SecretError> {
@@ -194,6 +248,9 @@ mod tests {
         common
             .secret_files
             .insert(Secret::ReplicationPassword, path.display().to_string());
+        common
+            .secret_files
+            .insert(Secret::PoolerAuthPassword, path.display().to_string());
         let secrets = Secrets::load(&common, Mode::Primary).unwrap();
         assert!(secrets.get(Secret::ReplicationPassword).is_ok());
         assert!(secrets.get(Secret::RestPassword).is_err());

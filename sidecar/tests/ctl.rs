@@ -143,6 +143,7 @@ async fn ctl_pooler_pause_holds_queries_and_resume_releases_them() {
             pool_mode: PoolMode::Transaction,
             pool_size: 5,
             max_client_conn: 50,
+            databases: vec![],
         },
     };
     let pooler_process = Sidecar::run(&dir, &pooler);

@@ -149,6 +149,7 @@ fn pooler_env(dir: &TestDir, ports: &Ports) -> MemberEnv {
             pool_mode: PoolMode::Transaction,
             pool_size: 5,
             max_client_conn: 50,
+            databases: vec![],
         },
     }
 }

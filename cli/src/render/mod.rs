@@ -320,6 +320,9 @@ pub fn render_stack(cluster: &Cluster) -> StackFile {
             ComposeSecret { external: true },
         );
     }
+    for secret in &cluster.role_secrets {
+        secrets.insert(secret.docker_name.clone(), ComposeSecret { external: true });
+    }
     StackFile {
         version: COMPOSE_VERSION.into(),
         services,
@@ -379,6 +382,17 @@ fn compose_service(cluster: &Cluster, service: &Service) -> ComposeService {
                 source: s.docker_name(&cluster.name),
                 target: s.file_name().into(),
             })
+            // Every data member may lead, and the leader sets the roles' passwords.
+            .chain(
+                cluster
+                    .role_secrets
+                    .iter()
+                    .filter(|_| matches!(service.kind, ServiceKind::Data { .. }))
+                    .map(|r| SecretMount {
+                        source: r.docker_name.clone(),
+                        target: r.file_name(),
+                    }),
+            )
             .collect(),
         volumes: service
             .volume
@@ -482,6 +496,18 @@ fn header(cluster: &Cluster) -> String {
             h.push_str(&format!(
                 "#   tr -dc A-Za-z0-9 </dev/urandom | head -c 32 | docker secret create {} -\n",
                 s.docker_name(name)
+            ));
+        }
+        for r in cluster.role_secrets.iter().filter(|r| r.generated) {
+            h.push_str(&format!(
+                "#   tr -dc A-Za-z0-9 </dev/urandom | head -c 32 | docker secret create {} -\n",
+                r.docker_name
+            ));
+        }
+        for r in cluster.role_secrets.iter().filter(|r| !r.generated) {
+            h.push_str(&format!(
+                "#   {} (role {}'s password: yours, it must exist)\n",
+                r.docker_name, r.role
             ));
         }
     }
@@ -598,8 +624,41 @@ mod tests {
         let pooler_secrets = s["services"]["pooler"]["secrets"]
             .as_sequence()
             .expect("pooler secrets");
-        assert_eq!(pooler_secrets.len(), 1);
+        assert_eq!(pooler_secrets.len(), 2);
         assert_eq!(pooler_secrets[0]["target"], "superuser_password");
+        assert_eq!(pooler_secrets[1]["target"], "pooler_auth_password");
+    }
+
+    #[test]
+    fn role_password_secrets_are_mounted_on_data_members_only() {
+        let s = stack(
+            "name: demo\ntopology: patroni\nroles:\n  - name: app\n  - name: ops\n    \
+             password_secret: my_ops_pw\n  - name: team\n    login: false\n\
+             databases:\n  - name: appdb\n    owner: app\n    pool_size: 4\n",
+        );
+        assert_eq!(s["secrets"]["demo_role_app_password"]["external"], true);
+        assert_eq!(s["secrets"]["my_ops_pw"]["external"], true);
+        let mounts = s["services"]["pg1"]["secrets"].as_sequence().unwrap();
+        let targets: Vec<&str> = mounts
+            .iter()
+            .map(|m| m["target"].as_str().unwrap())
+            .collect();
+        assert!(targets.contains(&"role_app_password"), "{targets:?}");
+        assert!(targets.contains(&"role_ops_password"), "{targets:?}");
+        assert_eq!(targets.iter().filter(|t| t.starts_with("role_")).count(), 2);
+        let pooler = s["services"]["pooler"]["secrets"].as_sequence().unwrap();
+        assert!(pooler
+            .iter()
+            .all(|m| !m["target"].as_str().unwrap().starts_with("role_")));
+        let env = &s["services"]["pooler"]["environment"];
+        assert_eq!(
+            env["PGSWARM_POOLER_DATABASES"],
+            r#"[{"name":"appdb","pool_size":4}]"#
+        );
+        // Nothing about the roles travels in a data member's environment: changing one
+        // does not restart PostgreSQL.
+        let member_env = serde_yaml::to_string(&s["services"]["pg1"]["environment"]).unwrap();
+        assert!(!member_env.contains("app"), "{member_env}");
     }
 
     #[test]

@@ -96,6 +96,11 @@ rules! {
     Network = "network", Error;
     /// A malformed volume driver or option.
     Volume = "volume", Error;
+    /// A declared role that is malformed, reserved, duplicated or refers to an unknown role.
+    Roles = "roles", Error;
+    /// A declared database that is malformed, reserved, duplicated or has an unknown owner
+    /// or reader.
+    Databases = "databases", Error;
     /// A Patroni cluster or Citus group of one member: no failover.
     SingleMember = "single-member", Warning;
     /// One etcd member: the DCS itself has no redundancy.

@@ -3,6 +3,7 @@
 //! labelling nodes and reading status all start from here, never from the YAML.
 
 use crate::placement::Placement;
+use pgswarm_contract::objects::Objects;
 use pgswarm_contract::{MemberEnv, Mode, Role, Secret};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -164,6 +165,24 @@ pub struct VolumeOptions {
     pub driver_opts: BTreeMap<String, String>,
 }
 
+/// The Docker secret holding a declared login role's password, mounted on every data member
+/// at `/run/secrets/role_<name>_password`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSecret {
+    pub role: String,
+    /// The Docker secret's name.
+    pub docker_name: String,
+    /// `swarmctl deploy` creates it when missing (the spec named no `password_secret`).
+    pub generated: bool,
+}
+
+impl RoleSecret {
+    /// File name inside the container's secrets directory.
+    pub fn file_name(&self) -> String {
+        pgswarm_contract::objects::role_password_file(&self.role)
+    }
+}
+
 /// A validated cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
@@ -176,6 +195,10 @@ pub struct Cluster {
     pub volumes: VolumeOptions,
     /// Node label whose values are zones, when given.
     pub zone_label: Option<String>,
+    /// Declared application roles and databases (`roles`, `databases`).
+    pub objects: Objects,
+    /// The password secrets of the declared login roles, mounted on every data member.
+    pub role_secrets: Vec<RoleSecret>,
 }
 
 impl Cluster {

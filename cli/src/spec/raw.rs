@@ -54,6 +54,64 @@ pub struct RawSpec {
     /// Cluster-wide placement settings.
     #[serde(default)]
     pub placement: Option<RawClusterPlacement>,
+    /// Application roles, reconciled by the leading member.
+    #[serde(default)]
+    pub roles: Option<Vec<RawRole>>,
+    /// Application databases, reconciled by the leading member.
+    #[serde(default)]
+    pub databases: Option<Vec<RawDatabase>>,
+}
+
+/// One application role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub name: String,
+    /// Whether it logs in (default true); a group role does not.
+    #[serde(default)]
+    pub login: Option<bool>,
+    /// Most concurrent connections (default unlimited).
+    #[serde(default)]
+    pub connection_limit: Option<i64>,
+    /// Roles it is a member of: declared roles or PostgreSQL's `pg_*` roles.
+    #[serde(default)]
+    pub member_of: Vec<String>,
+    /// An existing Docker secret holding its password; generated when not given.
+    #[serde(default)]
+    pub password_secret: Option<String>,
+    #[serde(default)]
+    pub ensure: Option<RawEnsure>,
+}
+
+/// One application database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub name: String,
+    /// A declared role or the superuser (default: the superuser).
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Roles that may connect and read every table the owner creates.
+    #[serde(default)]
+    pub readers: Vec<String>,
+    /// Server connections per user of this database in the pooler.
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    /// Pool mode of this database in the pooler.
+    #[serde(default)]
+    pub pool_mode: Option<PoolModeName>,
+    #[serde(default)]
+    pub ensure: Option<RawEnsure>,
+}
+
+/// `present` (the default) or `absent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawEnsure {
+    Present,
+    Absent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

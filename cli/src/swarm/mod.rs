@@ -16,6 +16,7 @@ pub mod exec;
 pub mod job;
 pub mod labels;
 pub mod nodes;
+pub mod objects;
 pub mod observe;
 pub mod progress;
 pub mod secrets;

@@ -82,11 +82,40 @@ pub async fn missing(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Vec<S
         .collect())
 }
 
-/// Creates the missing secrets of `cluster`; returns the names created.
+/// Creates the missing secrets of `cluster` (its own and the generated role passwords);
+/// returns the names created. A role's `password_secret` must exist: it is the user's.
 pub async fn create_missing(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    let existing = existing(engine).await?;
+    let absent: Vec<String> = cluster
+        .role_secrets
+        .iter()
+        .filter(|r| !r.generated && !existing.contains(&r.docker_name))
+        .map(|r| {
+            format!(
+                "role {}: its password_secret `{}` does not exist (create it: `printf %s \
+                 PASSWORD | docker secret create {} -`, or leave password_secret out and \
+                 swarmctl generates one)",
+                r.role, r.docker_name, r.docker_name
+            )
+        })
+        .collect();
+    if !absent.is_empty() {
+        anyhow::bail!("{}", absent.join("\n"));
+    }
+    let mut names: Vec<String> = missing(engine, cluster)
+        .await?
+        .into_iter()
+        .map(|s| s.docker_name(&cluster.name))
+        .collect();
+    names.extend(
+        cluster
+            .role_secrets
+            .iter()
+            .filter(|r| r.generated && !existing.contains(&r.docker_name))
+            .map(|r| r.docker_name.clone()),
+    );
     let mut created = Vec::new();
-    for secret in missing(engine, cluster).await? {
-        let name = secret.docker_name(&cluster.name);
+    for name in names {
         let password = random_password()?;
         engine
             .docker
@@ -111,8 +140,18 @@ pub async fn create_missing(engine: &Engine, cluster: &Cluster) -> anyhow::Resul
 pub async fn remove(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Vec<String>> {
     let existing = existing(engine).await?;
     let mut removed = Vec::new();
-    for secret in cluster.secrets() {
-        let name = secret.docker_name(&cluster.name);
+    let names = cluster
+        .secrets()
+        .into_iter()
+        .map(|s| s.docker_name(&cluster.name))
+        .chain(
+            cluster
+                .role_secrets
+                .iter()
+                .filter(|r| r.generated)
+                .map(|r| r.docker_name.clone()),
+        );
+    for name in names {
         if existing.contains(&name) {
             engine
                 .docker

@@ -161,6 +161,7 @@ pub async fn up(
         timeout.as_secs()
     ));
     deploy::wait_ready(engine, cluster, timeout, progress).await?;
+    super::objects::apply_and_report(engine, cluster, timeout, progress).await?;
     let (host, port) = match cluster.pooler() {
         Some(p) => match &p.env.role {
             // The pooler's tasks, not its virtual IP: see `switchover::write_target`.

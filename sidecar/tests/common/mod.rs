@@ -22,6 +22,8 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 pub const SUPERUSER_PASSWORD: &str = "su-Pw'\"with:odd\\chars-81723";
 pub const REPLICATION_PASSWORD: &str = "repl-Pw'\"odd:chars\\-55109";
 pub const REST_PASSWORD: &str = "rest-Pw-odd:chars-31337";
+/// The pooler's lookup user's password (printable ASCII, as the reconciler requires).
+pub const POOLER_AUTH_PASSWORD: &str = "auth-Pw'\"odd:chars-40404";
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
@@ -49,6 +51,7 @@ impl TestDir {
             (Secret::SuperuserPassword, SUPERUSER_PASSWORD),
             (Secret::ReplicationPassword, REPLICATION_PASSWORD),
             (Secret::RestPassword, REST_PASSWORD),
+            (Secret::PoolerAuthPassword, POOLER_AUTH_PASSWORD),
         ] {
             let path = secrets.join(secret.file_name());
             std::fs::write(&path, format!("{value}\n")).expect("writing a secret");

@@ -327,6 +327,14 @@ impl Deployment {
         })
     }
 
+    /// The value of the Docker secret `name` this deployment created.
+    pub fn secret_value(&self, name: &str) -> Result<Password> {
+        self.secrets
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("this deployment created no secret {name}"))
+    }
+
     /// The host port published for `target` of service `key`.
     pub fn host_port(&self, key: &str, target: u16) -> Result<u16> {
         self.ports

@@ -16,6 +16,7 @@ pub mod patroni;
 pub mod pg;
 pub mod probe;
 pub mod report;
+pub mod roles;
 pub mod scenarios;
 pub mod secrets;
 pub mod specs;

@@ -58,6 +58,30 @@ async fn patroni_stack_routes_writes_to_the_leader() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Scenario 2b: roles and databases declared in the spec. `swarmctl apply-roles` creates
+/// them on the leader; the application role logs in through PgBouncer (auth_query) and the
+/// router, creates a table in its database and is refused by one it was not granted; a
+/// changed connection limit is applied without restarting any member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_roles_log_in_through_the_pooler_and_change_without_a_restart(
+) -> anyhow::Result<()> {
+    init_logging();
+    let image = ensure_image()?;
+    let name = deployment::unique_name("e2eroles");
+    let spec = format!(
+        "{}{}",
+        specs::patroni(&name, &image, false)?,
+        pgswarm_swarm_tests::roles::roles_section(5)
+    );
+    let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
+    let report = pgswarm_swarm_tests::roles::application_roles(&cluster).await?;
+    eprintln!(
+        "roles: first apply {:?}; after the change {:?}",
+        report.first_apply, report.second_apply
+    );
+    Ok(())
+}
+
 /// Scenario 3: `docker kill` of the leader under write load, synchronous mode on: a new
 /// leader, the old one back as a replica with its data, and no acknowledged commit lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,6 +243,19 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
     }
 
     check_ports(ctx, &services, &port_paths);
+    let (objects, role_secrets, pooler_databases) = check_objects(
+        ctx,
+        raw,
+        topology,
+        &shared.superuser,
+        &shared.replication_user,
+        &root,
+    );
+    for service in &mut services {
+        if let Role::Pooler { databases, .. } = &mut service.env.role {
+            *databases = pooler_databases.clone();
+        }
+    }
 
     Some(Cluster {
         name: raw.name.clone(),
@@ -252,6 +265,8 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
         network,
         volumes,
         zone_label: shared.zone.clone(),
+        objects,
+        role_secrets,
     })
 }
 
@@ -456,6 +471,7 @@ pub(super) fn pooler_service(
                 pool_mode,
                 pool_size,
                 max_client_conn,
+                databases: Vec::new(),
             },
         },
         placement: stateless_placement(ctx, shared, p.placement.as_ref(), &path),

@@ -9,11 +9,13 @@
 //! service may run, and [`assemble`] puts the services together into a [`Cluster`].
 
 mod assemble;
+mod objects;
 mod placing;
 mod plan;
 mod rules;
 
 use assemble::*;
+use objects::*;
 use placing::*;
 use plan::*;
 use rules::*;

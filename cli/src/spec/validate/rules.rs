@@ -189,6 +189,16 @@ pub(super) fn check_sections(ctx: &mut Ctx, raw: &RawSpec, topology: Topology, r
             raw.router.is_some(),
             &[Topology::Patroni, Topology::Citus][..],
         ),
+        (
+            "roles",
+            raw.roles.is_some(),
+            &[Topology::Replication, Topology::Patroni][..],
+        ),
+        (
+            "databases",
+            raw.databases.is_some(),
+            &[Topology::Replication, Topology::Patroni][..],
+        ),
     ];
     for (section, is_present, topologies) in present {
         if is_present && !topologies.contains(&topology) {
@@ -201,6 +211,10 @@ pub(super) fn check_sections(ctx: &mut Ctx, raw: &RawSpec, topology: Topology, r
                 ("members", Topology::Citus) => " (Citus members go in `citus.groups`)",
                 ("members", Topology::Replication) => {
                     " (use `replication.primary` and `replication.replicas`)"
+                }
+                ("roles" | "databases", Topology::Citus) => {
+                    " (Citus propagates roles from the coordinator and needs its extension in \
+                     every database: create them with SQL on the coordinator)"
                 }
                 ("router", Topology::Replication) => {
                     " (the router follows Patroni's health checks; without Patroni, connect to \
