@@ -1155,7 +1155,11 @@ mod tests {
         // With metrics on, only data members add the monitoring role's password.
         for mode in Mode::ALL {
             let data = matches!(mode, Mode::Primary | Mode::Replica | Mode::Patroni);
-            assert_eq!(Secret::MonitorPassword.needed_by(mode, true), data, "{mode}");
+            assert_eq!(
+                Secret::MonitorPassword.needed_by(mode, true),
+                data,
+                "{mode}"
+            );
             assert!(!Secret::MonitorPassword.needed_by(mode, false), "{mode}");
         }
     }

@@ -39,12 +39,21 @@ pub fn queries_path(common: &Common) -> PathBuf {
     Path::new(&common.run_dir).join("postgres_exporter.queries.yaml")
 }
 
+/// postgres_exporter's own configuration file (no auth modules: it scrapes its one server).
+pub fn exporter_config_path(common: &Common) -> PathBuf {
+    Path::new(&common.run_dir).join("postgres_exporter.yml")
+}
+
 /// The postgres_exporter child: connects to `127.0.0.1:pg_port` as the monitoring role, with
 /// the password read from a file (no credential in its environment or arguments).
 pub fn postgres_exporter(common: &Common, metrics_port: u16, pg_port: u16) -> ChildSpec {
     ChildSpec::new("postgres_exporter", POSTGRES_EXPORTER)
         .arg(format!("--web.listen-address=:{metrics_port}"))
         .arg(format!("--web.telemetry-path={}", defaults::METRICS_PATH))
+        .arg(format!(
+            "--config.file={}",
+            exporter_config_path(common).display()
+        ))
         .arg(format!(
             "--extend.query-path={}",
             queries_path(common).display()
@@ -88,11 +97,9 @@ pub fn prepare_postgres_exporter(
     password: &SecretValue,
 ) -> anyhow::Result<()> {
     templates::write_private(&monitor_password_path(common), password.expose().as_bytes())?;
-    let queries = templates.render(
-        "postgres_exporter.queries.yaml.hbs",
-        &serde_json::json!({}),
-    )?;
-    templates::write_private(&queries_path(common), queries.as_bytes())
+    let queries = templates.render("postgres_exporter.queries.yaml.hbs", &serde_json::json!({}))?;
+    templates::write_private(&queries_path(common), queries.as_bytes())?;
+    templates::write_private(&exporter_config_path(common), b"auth_modules: {}\n")
 }
 
 /// Runs `spec` until the sidecar is asked to stop, starting it again after a pause whenever it
@@ -124,7 +131,9 @@ pub async fn keep_running(spec: ChildSpec) {
             Ok(code) => {
                 warn!(child = %spec.name, code, "metrics exporter exited; starting it again in 5 s")
             }
-            Err(e) => warn!(child = %spec.name, error = %format!("{e:#}"), "lost the metrics exporter"),
+            Err(e) => {
+                warn!(child = %spec.name, error = %format!("{e:#}"), "lost the metrics exporter")
+            }
         }
         tokio::time::sleep(RESTART_PAUSE).await;
     }
@@ -250,7 +259,11 @@ pub fn start(member: &MemberEnv, secrets: &Secrets, templates: &Templates) -> an
             )));
         }
         Role::Pooler { port, .. } => {
-            tokio::spawn(keep_running(pgbouncer_exporter(common, metrics_port, *port)));
+            tokio::spawn(keep_running(pgbouncer_exporter(
+                common,
+                metrics_port,
+                *port,
+            )));
         }
         Role::Router { .. } | Role::Etcd { .. } => {}
     }

@@ -524,7 +524,10 @@ fn own_ports(service: &Service) -> Vec<(u16, &'static str)> {
             worker_port,
             ..
         } => {
-            let mut out = vec![(*rw_port, "the read-write port"), (*ro_port, "the read-only port")];
+            let mut out = vec![
+                (*rw_port, "the read-write port"),
+                (*ro_port, "the read-only port"),
+            ];
             if let Some(w) = worker_port {
                 out.push((*w, "the worker port"));
             }
