@@ -93,6 +93,8 @@ pub struct MetricsReport {
     pub exporter_rss_kib: BTreeMap<String, u64>,
     /// The paused replica and its replay lag on the leader, bytes, before and after.
     pub lag: (String, f64, f64),
+    /// Clients PgBouncer's exporter reported waiting while the pool was exhausted.
+    pub pooler_waiting: f64,
     /// Prometheus's targets: (job, member, health).
     pub prometheus_targets: Vec<(String, String, String)>,
 }
@@ -114,6 +116,11 @@ impl fmt::Display for MetricsReport {
             f,
             "  replay lag of {} while its replay was paused: {} -> {} bytes",
             self.lag.0, self.lag.1, self.lag.2
+        )?;
+        writeln!(
+            f,
+            "  PgBouncer clients waiting while the pool of {POOL_SIZE} was exhausted: {}",
+            self.pooler_waiting
         )?;
         for (job, member, health) in &self.prometheus_targets {
             writeln!(f, "  prometheus target {job} {member}: {health}")?;
@@ -377,6 +384,8 @@ pub async fn metrics(cluster: &PatroniCluster) -> Result<MetricsReport> {
         .await?;
     let after = result?;
 
+    let waiting = pooler_waiting(cluster).await?;
+
     let mut endpoints = BTreeMap::new();
     for (url, s) in &scrapes {
         endpoints.insert(url.clone(), (s.series.len(), s.millis));
@@ -402,9 +411,60 @@ pub async fn metrics(cluster: &PatroniCluster) -> Result<MetricsReport> {
         endpoints,
         exporter_rss_kib,
         lag: (paused, before, after),
+        pooler_waiting: waiting,
         prometheus_targets,
     })
 }
+
+/// Clients held by PgBouncer while every server connection of the pool is busy: more
+/// sessions each run a long statement than the pool (`pooler.pool_size`, small in this
+/// scenario's spec) has connections. Returns the waiting clients the exporter reported.
+async fn pooler_waiting(cluster: &PatroniCluster) -> Result<f64> {
+    let Some((key, port)) = metrics_port(cluster, Mode::Pooler)?.into_iter().next() else {
+        bail!("the stack has no pooler with metrics");
+    };
+    let leader = cluster.leader().await?;
+    let url = vec![(format!("http://{key}:{port}/metrics"), "pgbouncer_up")];
+    let mut clients = Vec::new();
+    for _ in 0..POOL_SIZE + 3 {
+        clients.push(cluster.pooler.connect(Duration::from_secs(30)).await?);
+    }
+    let sleepers: Vec<_> = clients
+        .into_iter()
+        .map(|c| tokio::spawn(async move { c.simple_query("SELECT pg_sleep(8)").await.map(|_| c) }))
+        .collect();
+    // PgBouncer hands out its reserve pool after reserve_pool_timeout (3 s): look before.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let scraped = scrape_all(cluster, &leader, &url, Duration::from_secs(10)).await?;
+    let s = scraped
+        .values()
+        .next()
+        .ok_or_else(|| anyhow!("no scrape of {key}"))?;
+    let waiting: f64 = s
+        .values("pgbouncer_pools_client_waiting_connections", &[])
+        .iter()
+        .sum();
+    let active: f64 = s
+        .values("pgbouncer_pools_server_active_connections", &[])
+        .iter()
+        .sum();
+    for sleeper in sleepers {
+        sleeper
+            .await
+            .context("a pooled session's task")?
+            .context("a pooled session's statement")?;
+    }
+    ensure!(
+        waiting >= 1.0,
+        "{} sessions ran a statement through a pool of {POOL_SIZE}, yet the exporter reports \
+         {waiting} waiting clients ({active} active server connections)",
+        POOL_SIZE + 3
+    );
+    Ok(waiting)
+}
+
+/// The pool size of the scenario's spec: small, so a few sessions exhaust it.
+pub const POOL_SIZE: usize = 2;
 
 /// Removes the Prometheus container when the scenario ends, also on failure, so the stack's
 /// network can be removed.

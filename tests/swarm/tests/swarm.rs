@@ -51,14 +51,24 @@ async fn patroni_stack_routes_writes_to_the_leader() -> anyhow::Result<()> {
 /// Monitoring: every metrics endpoint answers on the overlay network with the key series
 /// (pg_up, the leader's role, each replica's lag, Patroni's primary flag, HAProxy's server
 /// states, etcd's leader, PgBouncer's pools), a replica's lag rises while its replay is
-/// paused, and the generated Prometheus configuration passes promtool and, run on the
+/// paused, PgBouncer reports waiting clients while its pool is exhausted, and the generated Prometheus configuration passes promtool and, run on the
 /// overlay, discovers and scrapes every task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_part_of_a_patroni_stack_exports_metrics() -> anyhow::Result<()> {
     init_logging();
     let image = ensure_image()?;
     let name = deployment::unique_name("e2emet");
-    let spec = specs::patroni(&name, &image, false)?;
+    let spec = specs::patroni(&name, &image, false)?.replace(
+        "  pool_mode: transaction\n",
+        &format!(
+            "  pool_mode: transaction\n  pool_size: {}\n",
+            pgswarm_swarm_tests::metrics::POOL_SIZE
+        ),
+    );
+    assert!(
+        spec.contains("pool_size"),
+        "the spec's pooler section changed: {spec}"
+    );
     let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
     let report = pgswarm_swarm_tests::metrics::metrics(&cluster).await?;
     eprintln!("{report}");
