@@ -16,6 +16,7 @@ use tracing::info;
 use crate::docker::{docker, docker_async};
 use crate::image::swarmctl_path;
 use crate::patroni::PatroniCluster;
+use crate::Deployment;
 
 /// Python run inside a member: GETs each URL given and prints one JSON object per URL
 /// (`url`, `ms`, `body` or `error`).
@@ -131,13 +132,13 @@ impl fmt::Display for MetricsReport {
 
 /// Scrapes `urls` from inside `key`'s container.
 async fn scrape(
-    cluster: &PatroniCluster,
+    dep: &Deployment,
     key: &str,
     urls: &[String],
 ) -> Result<Vec<(String, Result<Scrape>)>> {
     let mut args = vec!["python3", "-c", SCRAPE_PY];
     args.extend(urls.iter().map(String::as_str));
-    let out = cluster.dep.exec(key, &args).await?;
+    let out = dep.exec(key, &args).await?;
     let mut result = Vec::new();
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
@@ -156,7 +157,7 @@ async fn scrape(
 /// Scrapes `urls` until every one answers with `must_have` in its body (the exporters start
 /// beside their services, and the monitoring role appears once the leader made it).
 async fn scrape_all(
-    cluster: &PatroniCluster,
+    dep: &Deployment,
     from: &str,
     urls: &[(String, &'static str)],
     timeout: Duration,
@@ -164,7 +165,7 @@ async fn scrape_all(
     let deadline = Instant::now() + timeout;
     loop {
         let list: Vec<String> = urls.iter().map(|(u, _)| u.clone()).collect();
-        let answers = scrape(cluster, from, &list).await?;
+        let answers = scrape(dep, from, &list).await?;
         let mut missing = Vec::new();
         let mut out = BTreeMap::new();
         for ((url, must_have), (_, answer)) in urls.iter().zip(answers) {
@@ -251,7 +252,7 @@ pub async fn metrics(cluster: &PatroniCluster) -> Result<MetricsReport> {
     for (key, port) in metrics_port(cluster, Mode::Pooler)? {
         urls.push((format!("http://{key}:{port}/metrics"), "pgbouncer_up"));
     }
-    let scrapes = scrape_all(cluster, &leader, &urls, Duration::from_secs(90)).await?;
+    let scrapes = scrape_all(&cluster.dep, &leader, &urls, Duration::from_secs(90)).await?;
     let get = |key: &str, port: u16| -> Result<&Scrape> {
         let url = format!("http://{key}:{port}/metrics");
         scrapes
@@ -354,7 +355,8 @@ pub async fn metrics(cluster: &PatroniCluster) -> Result<MetricsReport> {
                 &[("replica", &paused)],
             )
     };
-    let before = lag_of(&scrape_all(cluster, &leader, &lag_url, Duration::from_secs(30)).await?)?;
+    let before =
+        lag_of(&scrape_all(&cluster.dep, &leader, &lag_url, Duration::from_secs(30)).await?)?;
     cluster
         .query_member(&paused, "SELECT pg_wal_replay_pause()")
         .await?;
@@ -368,7 +370,7 @@ pub async fn metrics(cluster: &PatroniCluster) -> Result<MetricsReport> {
         .context("writing through the router")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let after = lag_of(&scrape_all(cluster, &leader, &lag_url, Duration::from_secs(30)).await?)?;
+            let after = lag_of(&scrape_all(&cluster.dep, &leader, &lag_url, Duration::from_secs(30)).await?)?;
             if after > before + 1_000_000.0 {
                 return Ok(after);
             }
@@ -435,7 +437,7 @@ async fn pooler_waiting(cluster: &PatroniCluster) -> Result<f64> {
         .collect();
     // PgBouncer hands out its reserve pool after reserve_pool_timeout (3 s): look before.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let scraped = scrape_all(cluster, &leader, &url, Duration::from_secs(10)).await?;
+    let scraped = scrape_all(&cluster.dep, &leader, &url, Duration::from_secs(10)).await?;
     let s = scraped
         .values()
         .next()
@@ -465,6 +467,61 @@ async fn pooler_waiting(cluster: &PatroniCluster) -> Result<f64> {
 
 /// The pool size of the scenario's spec: small, so a few sessions exhaust it.
 pub const POOL_SIZE: usize = 2;
+
+/// The replication topology's exporters: each member answers `pg_up 1` and its role, and the
+/// primary reports the replica's lag and its slot's retained WAL. Returns the members' scrape
+/// times in milliseconds.
+pub async fn replication_metrics(dep: &Deployment) -> Result<BTreeMap<String, f64>> {
+    let primary = dep.stack.only_service(Mode::Primary)?;
+    let replica = dep.stack.only_service(Mode::Replica)?;
+    let mut urls = Vec::new();
+    for s in [&primary, &replica] {
+        let port = s
+            .env
+            .common
+            .metrics_port
+            .ok_or_else(|| anyhow!("{} has no metrics port", s.key))?;
+        urls.push((
+            format!("http://{}:{port}/metrics", s.key),
+            "pgswarm_instance_is_primary",
+        ));
+    }
+    let scrapes = scrape_all(dep, &primary.key, &urls, Duration::from_secs(90)).await?;
+    let mut millis = BTreeMap::new();
+    for ((url, _), (s, expected)) in urls.iter().zip([(&primary, 1.0), (&replica, 0.0)]) {
+        let scrape = scrapes
+            .get(url)
+            .ok_or_else(|| anyhow!("{url} was not scraped"))?;
+        ensure!(
+            scrape.value(&s.key, "pg_up", &[])? == 1.0,
+            "{}: pg_up is not 1",
+            s.key
+        );
+        let role = scrape.value(&s.key, "pgswarm_instance_is_primary", &[])?;
+        ensure!(
+            role == expected,
+            "{}: pgswarm_instance_is_primary is {role}",
+            s.key
+        );
+        millis.insert(s.key.clone(), scrape.millis);
+    }
+    let on_primary = scrapes
+        .get(&urls[0].0)
+        .ok_or_else(|| anyhow!("no scrape of the primary"))?;
+    on_primary.value(
+        &primary.key,
+        "pgswarm_replica_replay_lag_bytes",
+        &[("replica", &replica.key)],
+    )?;
+    ensure!(
+        !on_primary
+            .values("pgswarm_slot_retained_wal_bytes", &[])
+            .is_empty(),
+        "{}: no pgswarm_slot_retained_wal_bytes series",
+        primary.key
+    );
+    Ok(millis)
+}
 
 /// Removes the Prometheus container when the scenario ends, also on failure, so the stack's
 /// network can be removed.

@@ -8,7 +8,7 @@ use pgswarm_swarm_tests::scenarios::{self, DEPLOY_TIMEOUT};
 use pgswarm_swarm_tests::{deployment, init_logging, specs, Deployment};
 
 /// Scenario 1: primary and replica deployed as a stack; the replica streams through
-/// its slot, is read-only and serves the primary's rows.
+/// its slot, is read-only and serves the primary's rows; both export their metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_stack_streams_like_seed_003() -> anyhow::Result<()> {
     init_logging();
@@ -23,6 +23,8 @@ async fn replication_stack_streams_like_seed_003() -> anyhow::Result<()> {
         report.slot,
         report.ready_after.as_secs_f64()
     );
+    let scrapes = pgswarm_swarm_tests::metrics::replication_metrics(&dep).await?;
+    eprintln!("replication: both members' exporters answer ({scrapes:?} ms)");
     Ok(())
 }
 
