@@ -387,6 +387,7 @@ pub async fn metrics(cluster: &PatroniCluster) -> Result<MetricsReport> {
     let after = result?;
 
     let waiting = pooler_waiting(cluster).await?;
+    status_figures(cluster, &leader)?;
 
     let mut endpoints = BTreeMap::new();
     for (url, s) in &scrapes {
@@ -467,6 +468,42 @@ async fn pooler_waiting(cluster: &PatroniCluster) -> Result<f64> {
 
 /// The pool size of the scenario's spec: small, so a few sessions exhaust it.
 pub const POOL_SIZE: usize = 2;
+
+/// `swarmctl status --output json` shows each data member's connections and the leader's WAL
+/// archiver without Prometheus.
+fn status_figures(cluster: &PatroniCluster, leader: &str) -> Result<()> {
+    let out = Command::new(swarmctl_path())
+        .args(["status", "--output", "json", "-f"])
+        .arg(cluster.dep.spec_path())
+        .output()
+        .context("running swarmctl status")?;
+    ensure!(
+        out.status.success(),
+        "swarmctl status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "swarmctl status printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    for member in &cluster.members {
+        let row = status["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|r| r["member"] == member.as_str()))
+            .ok_or_else(|| anyhow!("swarmctl status lists no {member}: {status}"))?;
+        ensure!(
+            row["connections"].as_u64().is_some_and(|c| c >= 1),
+            "swarmctl status shows no connections for {member}: {row}"
+        );
+    }
+    ensure!(
+        status["archiver"][0]["member"] == leader,
+        "swarmctl status shows no archiver figures for the leader {leader}: {status}"
+    );
+    Ok(())
+}
 
 /// The replication topology's exporters: each member answers `pg_up 1` and its role, and the
 /// primary reports the replica's lag and its slot's retained WAL. Returns the members' scrape
