@@ -64,6 +64,10 @@ enum Command {
         /// Where to write the stack file.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        /// Also write a Prometheus scrape configuration for the cluster's metrics endpoints
+        /// (Docker Swarm service discovery) to this file.
+        #[arg(long = "prometheus", value_name = "FILE")]
+        prometheus: Option<PathBuf>,
     },
     /// Put the node labels that pin each member to a node (spread over nodes and zones).
     #[command(
@@ -396,9 +400,33 @@ fn run(command: Command) -> Result<(), Failure> {
             print_warnings(&validated, &source);
             write_stdout(&summary(&validated.cluster))?;
         }
-        Command::Generate { file, output } => {
+        Command::Generate {
+            file,
+            output,
+            prometheus,
+        } => {
             let (validated, source) = load(&file)?;
             print_warnings(&validated, &source);
+            if let Some(path) = prometheus {
+                let config = render::prometheus::prometheus_yaml(
+                    &validated.cluster,
+                    render::prometheus::DEFAULT_DOCKER_HOST,
+                )
+                .context("cannot serialize the Prometheus configuration")?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "cluster {} has monitoring turned off (monitoring.enabled: false): there \
+                         is nothing to scrape; remove --prometheus or turn monitoring on",
+                        validated.cluster.name
+                    )
+                })?;
+                write_file(&path, &config)?;
+                eprintln!(
+                    "wrote the Prometheus scrape configuration of cluster {} to {}",
+                    validated.cluster.name,
+                    path.display()
+                );
+            }
             let yaml = render::stack_yaml(&validated.cluster)
                 .context("cannot serialize the stack file")?;
             match output {

@@ -132,6 +132,12 @@ pub mod env {
     pub const MAX_CLIENT_CONN: &str = "PGSWARM_MAX_CLIENT_CONN";
     /// Pooler: per-database pool settings, a JSON list of `{name, pool_size, pool_mode}`.
     pub const POOLER_DATABASES: &str = "PGSWARM_POOLER_DATABASES";
+
+    /// Port of this member's Prometheus metrics endpoint (data members: postgres_exporter;
+    /// router: HAProxy's exporter; pooler: pgbouncer_exporter); unset = monitoring off.
+    pub const METRICS_PORT: &str = "PGSWARM_METRICS_PORT";
+    /// Path of the monitoring role's password file.
+    pub const MONITOR_PASSWORD_FILE: &str = "PGSWARM_MONITOR_PASSWORD_FILE";
 }
 
 /// Defaults shared by the generator and the sidecar.
@@ -168,6 +174,16 @@ pub mod defaults {
     pub const PGDATA_SUBDIR: &str = "pgdata";
     /// Subdirectory of the data root holding etcd's data directory.
     pub const ETCD_SUBDIR: &str = "etcd";
+    /// The least-privilege role the PostgreSQL exporter logs in as (member of `pg_monitor`).
+    pub const MONITOR_USER: &str = "pgswarm_monitor";
+    /// postgres_exporter's port on every data member (its upstream default).
+    pub const POSTGRES_METRICS_PORT: u16 = 9187;
+    /// pgbouncer_exporter's port on the pooler (its upstream default).
+    pub const POOLER_METRICS_PORT: u16 = 9127;
+    /// HAProxy's Prometheus frontend on the router (the port HAProxy's documentation uses).
+    pub const ROUTER_METRICS_PORT: u16 = 8404;
+    /// Path of every metrics endpoint (Patroni, etcd and the exporters all serve it).
+    pub const METRICS_PATH: &str = "/metrics";
 }
 
 /// A credential kept in a Docker secret.
@@ -181,14 +197,17 @@ pub enum Secret {
     RestPassword,
     /// Password of `pgswarm_auth`, the user PgBouncer's `auth_query` runs as.
     PoolerAuthPassword,
+    /// Password of the monitoring role ([`defaults::MONITOR_USER`]) the PostgreSQL exporter uses.
+    MonitorPassword,
 }
 
 impl Secret {
-    pub const ALL: [Secret; 4] = [
+    pub const ALL: [Secret; 5] = [
         Secret::SuperuserPassword,
         Secret::ReplicationPassword,
         Secret::RestPassword,
         Secret::PoolerAuthPassword,
+        Secret::MonitorPassword,
     ];
 
     /// File name inside the secrets directory (the `target` of the stack's secret mount).
@@ -198,6 +217,7 @@ impl Secret {
             Secret::ReplicationPassword => "replication_password",
             Secret::RestPassword => "rest_password",
             Secret::PoolerAuthPassword => "pooler_auth_password",
+            Secret::MonitorPassword => "monitor_password",
         }
     }
 
@@ -208,6 +228,7 @@ impl Secret {
             Secret::ReplicationPassword => env::REPLICATION_PASSWORD_FILE,
             Secret::RestPassword => env::REST_PASSWORD_FILE,
             Secret::PoolerAuthPassword => env::POOLER_AUTH_PASSWORD_FILE,
+            Secret::MonitorPassword => env::MONITOR_PASSWORD_FILE,
         }
     }
 
@@ -221,13 +242,19 @@ impl Secret {
         format!("{}/{}", defaults::SECRETS_DIR, self.file_name())
     }
 
-    /// Which modes need this secret. The router (HAProxy) checks members through Patroni's
-    /// unauthenticated health endpoints and holds no credential; the pooler needs the
-    /// superuser password (admin console) and the lookup user's password for PgBouncer's
-    /// auth file; the members that can lead create the lookup user with that password.
-    pub fn needed_by(self, mode: Mode) -> bool {
+    /// Which modes need this secret, `metrics` telling whether the member runs its metrics
+    /// endpoint. The router (HAProxy) checks members through Patroni's unauthenticated health
+    /// endpoints and holds no credential; the pooler needs the superuser password (admin
+    /// console, auth file) and the lookup user's password for PgBouncer's auth file (its
+    /// exporter reads PgBouncer's console over the local socket, which PgBouncer admits
+    /// without a password); the members that can lead create the lookup user with that
+    /// password; data members with metrics need the monitoring role's password for their
+    /// exporter.
+    pub fn needed_by(self, mode: Mode, metrics: bool) -> bool {
         match (self, mode) {
             (_, Mode::Etcd | Mode::Router) => false,
+            (Secret::MonitorPassword, Mode::Primary | Mode::Replica | Mode::Patroni) => metrics,
+            (Secret::MonitorPassword, _) => false,
             (Secret::SuperuserPassword, _) => true,
             (Secret::ReplicationPassword, Mode::Primary | Mode::Replica | Mode::Patroni) => true,
             (Secret::ReplicationPassword, _) => false,
@@ -436,6 +463,8 @@ pub struct Common {
     /// Secret file paths that differ from the default `/run/secrets/<name>`.
     pub secret_files: BTreeMap<Secret, String>,
     pub wait_timeout_secs: u64,
+    /// Port of this member's metrics endpoint; `None` = monitoring off.
+    pub metrics_port: Option<u16>,
 }
 
 impl Common {
@@ -451,7 +480,13 @@ impl Common {
             rest_user: defaults::REST_USER.into(),
             secret_files: BTreeMap::new(),
             wait_timeout_secs: defaults::WAIT_TIMEOUT_SECS,
+            metrics_port: None,
         }
+    }
+
+    /// Whether a secret is needed by this member in `mode` (see [`Secret::needed_by`]).
+    pub fn needs(&self, secret: Secret, mode: Mode) -> bool {
+        secret.needed_by(mode, self.metrics_port.is_some())
     }
 
     /// Path of a secret's file.
@@ -634,6 +669,9 @@ impl MemberEnv {
         }
         if c.wait_timeout_secs != defaults::WAIT_TIMEOUT_SECS {
             out.push((env::WAIT_TIMEOUT, c.wait_timeout_secs.to_string()));
+        }
+        if let Some(port) = c.metrics_port {
+            out.push((env::METRICS_PORT, port.to_string()));
         }
         let push_pg = |out: &mut Vec<(&'static str, String)>, pg: &Postgres| {
             if pg.port != defaults::PG_PORT {
@@ -819,6 +857,10 @@ impl MemberEnv {
             rest_user: r.get(env::REST_USER).unwrap_or(defaults::REST_USER.into()),
             secret_files,
             wait_timeout_secs: r.parsed(env::WAIT_TIMEOUT, defaults::WAIT_TIMEOUT_SECS)?,
+            metrics_port: match r.get(env::METRICS_PORT) {
+                None => None,
+                Some(_) => Some(r.parsed(env::METRICS_PORT, 0)?),
+            },
         };
         let postgres = || -> Result<Postgres, ContractError> {
             let parameters = match r.get(env::PG_PARAMETERS) {
@@ -1061,6 +1103,7 @@ mod tests {
         common
             .secret_files
             .insert(Secret::SuperuserPassword, "/s/p".into());
+        common.metrics_port = Some(9187);
         let roles = vec![
             Role::Primary {
                 postgres: Postgres::default(),
@@ -1127,7 +1170,7 @@ mod tests {
         let needs = |mode| {
             Secret::ALL
                 .into_iter()
-                .filter(|s| s.needed_by(mode))
+                .filter(|s| s.needed_by(mode, false))
                 .collect::<Vec<_>>()
         };
         let all = Secret::ALL.to_vec();
@@ -1150,6 +1193,16 @@ mod tests {
         );
         assert!(needs(Mode::Router).is_empty());
         assert!(needs(Mode::Etcd).is_empty());
+        // With metrics on, only data members add the monitoring role's password.
+        for mode in Mode::ALL {
+            let data = matches!(mode, Mode::Primary | Mode::Replica | Mode::Patroni);
+            assert_eq!(
+                Secret::MonitorPassword.needed_by(mode, true),
+                data,
+                "{mode}"
+            );
+            assert!(!Secret::MonitorPassword.needed_by(mode, false), "{mode}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod liveness;
 pub mod logging;
+pub mod metrics;
 pub mod objects;
 pub mod patroni;
 pub mod pooler;
@@ -68,6 +69,7 @@ pub fn check_role_names(common: &pgswarm_contract::Common) -> Result<(), ConfigE
 
 /// Runs this member's mode to its end; returns the child's exit code.
 pub async fn run(member: MemberEnv, secrets: Secrets, templates: Templates) -> anyhow::Result<i32> {
+    metrics::start(&member, &secrets, &templates)?;
     match &member.role {
         Role::Primary { .. } | Role::Replica { .. } => {
             replication::run(&member, &secrets, templates).await

@@ -405,6 +405,10 @@ impl Server {
             &with(serde_json::json!({
                 "cidrs": cidrs,
                 "replication_user": hba_quote(&self.common.replication_user),
+                "monitor_user": self
+                    .common
+                    .metrics_port
+                    .map(|_| hba_quote(pgswarm_contract::defaults::MONITOR_USER)),
             })),
         )?;
         templates::write_file(&pgdata.join("pg_hba.conf"), hba.as_bytes(), 0o600)?;

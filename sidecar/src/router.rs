@@ -85,6 +85,8 @@ pub struct RouterConfig {
     pub ro_fallback: bool,
     pub maxconn: u32,
     pub hard_stop_after_s: u32,
+    /// Port of HAProxy's built-in Prometheus exporter; `None` = monitoring off.
+    pub metrics_port: Option<u16>,
 }
 
 fn valid_host(host: &str) -> bool {
@@ -145,6 +147,9 @@ impl RouterConfig {
             if let Some(port) = worker_port {
                 ports.push(("worker", *port));
             }
+            if let Some(port) = common.metrics_port {
+                ports.push(("metrics", port));
+            }
             for (i, (a, pa)) in ports.iter().enumerate() {
                 if let Some((b, _)) = ports[i + 1..].iter().find(|(_, pb)| pb == pa) {
                     return Err(RouterConfigError::PortClash {
@@ -181,6 +186,7 @@ impl RouterConfig {
                 ro_fallback: *ro_fallback,
                 maxconn: 4096,
                 hard_stop_after_s: HARD_STOP_AFTER_S,
+                metrics_port: common.metrics_port,
             })
         })())
     }

@@ -152,7 +152,7 @@ impl Secrets {
     pub fn load(common: &Common, mode: Mode) -> Result<Self, SecretError> {
         let mut values = BTreeMap::new();
         for secret in Secret::ALL {
-            if secret.needed_by(mode) {
+            if common.needs(secret, mode) {
                 values.insert(secret, read_secret(common, secret)?);
             }
         }

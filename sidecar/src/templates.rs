@@ -37,6 +37,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "primary-init.sql.hbs",
         include_str!("../../init-scripts/primary-init.sql.hbs"),
     ),
+    (
+        "postgres_exporter.queries.yaml.hbs",
+        include_str!("../../init-scripts/postgres_exporter.queries.yaml.hbs"),
+    ),
 ];
 
 /// Where templates come from: the embedded set, overridden file by file from a folder.

@@ -15,6 +15,8 @@ use crate::placement;
 use crate::spec::{Cluster, PortMode, ResourceSet, Service, ServiceKind};
 use serde::Serialize;
 
+pub mod prometheus;
+
 /// Compose file format version; 3.8 is the first with everything used here.
 pub const COMPOSE_VERSION: &str = "3.8";
 /// Key of the overlay network in the stack (Docker names it `<stack>_net`).
@@ -30,6 +32,17 @@ pub mod labels {
     pub const MODE: &str = "pgswarm.mode";
     /// The Citus group of a data member.
     pub const CITUS_GROUP: &str = "pgswarm.citus-group";
+
+    /// `pgswarm.metrics.<endpoint>.port`: the container port of a metrics endpoint, for
+    /// Prometheus's Swarm discovery (one label per endpoint, e.g. `pgswarm.metrics.postgres.port`).
+    pub fn metrics_port(endpoint: &str) -> String {
+        format!("pgswarm.metrics.{endpoint}.port")
+    }
+
+    /// `pgswarm.metrics.<endpoint>.path`: the HTTP path of a metrics endpoint.
+    pub fn metrics_path(endpoint: &str) -> String {
+        format!("pgswarm.metrics.{endpoint}.path")
+    }
 }
 
 /// A map that keeps insertion order when serialized.
@@ -355,6 +368,10 @@ fn compose_service(cluster: &Cluster, service: &Service) -> ComposeService {
     ]);
     if let ServiceKind::Data { group: Some(g) } = service.kind {
         service_labels.insert(labels::CITUS_GROUP, g.to_string());
+    }
+    for m in &service.metrics {
+        service_labels.insert(labels::metrics_port(m.name), m.port.to_string());
+        service_labels.insert(labels::metrics_path(m.name), m.path.to_string());
     }
     // A volume must never be used by two tasks at once, and a host port cannot be bound twice
     // on one node: stop the old task first. Stateless services behind the mesh start first.

@@ -15,8 +15,8 @@ mod validate;
 
 pub use diag::{FieldPath, Location, Problem, Rule, Seg, Severity, SpecError};
 pub use model::{
-    Cluster, Network, PortMode, PublishedPort, ResourceSet, Resources, Service, ServiceKind,
-    Topology, Validated, VolumeOptions, DEFAULT_IMAGE,
+    Cluster, MetricsEndpoint, Network, PortMode, PublishedPort, ResourceSet, Resources, Service,
+    ServiceKind, Topology, Validated, VolumeOptions, DEFAULT_IMAGE,
 };
 pub use starter::{default_cluster, default_spec_text, starter_spec};
 pub use validate::{

@@ -114,6 +114,18 @@ impl Resources {
     }
 }
 
+/// A Prometheus metrics endpoint of a service, on the overlay network only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsEndpoint {
+    /// What serves it, also the scrape job's suffix: `postgres`, `patroni`, `etcd`,
+    /// `haproxy` or `pgbouncer`.
+    pub name: &'static str,
+    /// Port in the container.
+    pub port: u16,
+    /// HTTP path.
+    pub path: &'static str,
+}
+
 /// One Swarm service of the stack.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
@@ -129,6 +141,8 @@ pub struct Service {
     pub replicas: u32,
     /// Name of the named volume mounted at the data root, for data and etcd members.
     pub volume: Option<String>,
+    /// Its metrics endpoints; empty with monitoring off.
+    pub metrics: Vec<MetricsEndpoint>,
 }
 
 impl Service {
@@ -140,7 +154,7 @@ impl Service {
     pub fn secrets(&self) -> Vec<Secret> {
         Secret::ALL
             .into_iter()
-            .filter(|s| s.needed_by(self.mode()))
+            .filter(|s| self.env.common.needs(*s, self.mode()))
             .collect()
     }
 

@@ -60,6 +60,9 @@ pub struct RawSpec {
     /// Application databases, reconciled by the leading member.
     #[serde(default)]
     pub databases: Option<Vec<RawDatabase>>,
+    /// Prometheus metrics endpoints (on by default).
+    #[serde(default)]
+    pub monitoring: Option<RawMonitoring>,
 }
 
 /// One application role.
@@ -112,6 +115,25 @@ pub struct RawDatabase {
 pub enum RawEnsure {
     Present,
     Absent,
+}
+
+/// Metrics endpoints on the overlay network: the PostgreSQL exporter on every data member,
+/// Patroni's and etcd's own `/metrics`, HAProxy's exporter, the PgBouncer exporter.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitoring {
+    /// `false` turns every exporter off (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// postgres_exporter's port on every data member (default 9187).
+    #[serde(default)]
+    pub postgres_port: Option<u16>,
+    /// HAProxy's Prometheus frontend on the router (default 8404).
+    #[serde(default)]
+    pub router_port: Option<u16>,
+    /// pgbouncer_exporter's port on the pooler (default 9127).
+    #[serde(default)]
+    pub pooler_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -13,8 +13,8 @@ use super::Engine;
 
 // The observation layer used to live here; other commands still name it through `status`.
 pub use super::observe::{
-    db_view, docker_view, parse_lsn, parse_patronictl, patroni_view, patroni_yml, replication_view,
-    superuser_container, DbView, ServiceView,
+    activity_view, db_view, docker_view, parse_lsn, parse_patronictl, patroni_view, patroni_yml,
+    replication_view, superuser_container, Activity, DbView, ServiceView,
 };
 
 /// One row of `status`.
@@ -28,6 +28,9 @@ pub struct MemberStatus {
     pub state: String,
     pub timeline: Option<u64>,
     pub lag_mb: Option<f64>,
+    /// Client connections to the member's PostgreSQL, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
     pub node: String,
     pub task: String,
     pub health: String,
@@ -41,9 +44,22 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     /// Members that are the leader (primary) of their group.
     pub leaders: Vec<String>,
+    /// WAL archiving as the primary (of each group) reports it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archiver: Vec<ArchiverStatus>,
     /// Why the database's view could not be read, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_view_error: Option<String>,
+}
+
+/// `pg_stat_archiver` of a primary.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiverStatus {
+    pub member: String,
+    pub archived: u64,
+    pub failed: u64,
+    /// Seconds since the last segment was archived; `None` when none ever was.
+    pub last_archived_age_s: Option<u64>,
 }
 
 fn kind_name(kind: ServiceKind) -> &'static str {
@@ -60,6 +76,7 @@ pub fn join(
     cluster: &Cluster,
     views: &[ServiceView],
     db: Result<&BTreeMap<String, DbView>, String>,
+    activity: &BTreeMap<String, Activity>,
 ) -> ClusterStatus {
     let mut members = Vec::new();
     let mut leaders = Vec::new();
@@ -89,6 +106,7 @@ pub fn join(
             state,
             timeline: row.and_then(|r| r.timeline),
             lag_mb: row.and_then(|r| r.lag_mb),
+            connections: activity.get(&service.name).map(|a| a.connections),
             node: view.node.clone(),
             task: view.task_state.clone(),
             health: view.health.clone(),
@@ -99,6 +117,16 @@ pub fn join(
         topology: cluster.topology.to_string(),
         members,
         leaders,
+        archiver: activity
+            .iter()
+            .filter(|(_, a)| a.primary)
+            .map(|(member, a)| ArchiverStatus {
+                member: member.clone(),
+                archived: a.archived,
+                failed: a.archive_failed,
+                last_archived_age_s: a.last_archived_age_s,
+            })
+            .collect(),
         database_view_error: db.err(),
     }
 }
@@ -120,7 +148,13 @@ pub async fn read(engine: &Engine, cluster: &Cluster) -> anyhow::Result<ClusterS
     let db = db_view(engine, cluster, &views)
         .await
         .map_err(|e| format!("{e:#}"));
-    Ok(join(cluster, &views, db.as_ref().map_err(Clone::clone)))
+    let activity = activity_view(engine, cluster, &views).await;
+    Ok(join(
+        cluster,
+        &views,
+        db.as_ref().map_err(Clone::clone),
+        &activity,
+    ))
 }
 
 /// The status as a table (a GROUP column only for Citus).
@@ -130,7 +164,9 @@ pub fn render_table(status: &ClusterStatus) -> String {
     if citus {
         header.push("GROUP".into());
     }
-    for h in ["ROLE", "STATE", "TL", "LAG(MB)", "NODE", "TASK", "HEALTH"] {
+    for h in [
+        "ROLE", "STATE", "TL", "LAG(MB)", "CONN", "NODE", "TASK", "HEALTH",
+    ] {
         header.push(h.into());
     }
     let mut rows = vec![header];
@@ -144,6 +180,7 @@ pub fn render_table(status: &ClusterStatus) -> String {
             m.state.clone(),
             m.timeline.map_or("-".into(), |t| t.to_string()),
             m.lag_mb.map_or("-".into(), |l| format!("{l}")),
+            m.connections.map_or("-".into(), |c| c.to_string()),
             m.node.clone(),
             m.task.clone(),
             m.health.clone(),
@@ -161,6 +198,16 @@ pub fn render_table(status: &ClusterStatus) -> String {
         }
     );
     out.push_str(&table(&rows));
+    for a in &status.archiver {
+        out.push_str(&format!(
+            "archiver on {}: {} segments archived, {} failed, last {}\n",
+            a.member,
+            a.archived,
+            a.failed,
+            a.last_archived_age_s
+                .map_or("never".into(), |s| format!("{s} s ago"))
+        ));
+    }
     if let Some(e) = &status.database_view_error {
         out.push_str(&format!("database view unavailable: {e}\n"));
     }

@@ -11,6 +11,7 @@ pub mod citus;
 pub mod deployment;
 pub mod docker;
 pub mod image;
+pub mod metrics;
 pub mod multinode;
 pub mod patroni;
 pub mod pg;

@@ -78,6 +78,26 @@ impl Stack {
         Ok(out)
     }
 
+    /// How many metrics endpoints the services declare to Prometheus's discovery (their
+    /// `pgswarm.metrics.<endpoint>.port` service labels).
+    pub fn metrics_endpoint_count(&self) -> Result<usize> {
+        let mut n = 0;
+        for (_, service) in self.services_map()? {
+            if let Some(labels) = service
+                .get("deploy")
+                .and_then(|d| d.get("labels"))
+                .and_then(Value::as_mapping)
+            {
+                n += labels
+                    .keys()
+                    .filter_map(Value::as_str)
+                    .filter(|k| k.starts_with("pgswarm.metrics.") && k.ends_with(".port"))
+                    .count();
+            }
+        }
+        Ok(n)
+    }
+
     /// The services running `mode`, in the stack's order.
     pub fn services_in_mode(&self, mode: Mode) -> Result<Vec<Service>> {
         Ok(self

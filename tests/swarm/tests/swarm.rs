@@ -8,7 +8,7 @@ use pgswarm_swarm_tests::scenarios::{self, DEPLOY_TIMEOUT};
 use pgswarm_swarm_tests::{deployment, init_logging, specs, Deployment};
 
 /// Scenario 1: primary and replica deployed as a stack; the replica streams through
-/// its slot, is read-only and serves the primary's rows.
+/// its slot, is read-only and serves the primary's rows; both export their metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_stack_streams_like_seed_003() -> anyhow::Result<()> {
     init_logging();
@@ -23,6 +23,8 @@ async fn replication_stack_streams_like_seed_003() -> anyhow::Result<()> {
         report.slot,
         report.ready_after.as_secs_f64()
     );
+    let scrapes = pgswarm_swarm_tests::metrics::replication_metrics(&dep).await?;
+    eprintln!("replication: both members' exporters answer ({scrapes:?} ms)");
     Ok(())
 }
 
@@ -79,6 +81,33 @@ async fn declared_roles_log_in_through_the_pooler_and_change_without_a_restart(
         "roles: first apply {:?}; after the change {:?}",
         report.first_apply, report.second_apply
     );
+    Ok(())
+}
+
+/// Monitoring: every metrics endpoint answers on the overlay network with the key series
+/// (pg_up, the leader's role, each replica's lag, Patroni's primary flag, HAProxy's server
+/// states, etcd's leader, PgBouncer's pools), a replica's lag rises while its replay is
+/// paused, PgBouncer reports waiting clients while its pool is exhausted, and the generated Prometheus configuration passes promtool and, run on the
+/// overlay, discovers and scrapes every task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_part_of_a_patroni_stack_exports_metrics() -> anyhow::Result<()> {
+    init_logging();
+    let image = ensure_image()?;
+    let name = deployment::unique_name("e2emet");
+    let spec = specs::patroni(&name, &image, false)?.replace(
+        "  pool_mode: transaction\n",
+        &format!(
+            "  pool_mode: transaction\n  pool_size: {}\n",
+            pgswarm_swarm_tests::metrics::POOL_SIZE
+        ),
+    );
+    assert!(
+        spec.contains("pool_size"),
+        "the spec's pooler section changed: {spec}"
+    );
+    let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
+    let report = pgswarm_swarm_tests::metrics::metrics(&cluster).await?;
+    eprintln!("{report}");
     Ok(())
 }
 

@@ -132,6 +132,7 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
             resources,
             replicas: 1,
             volume: Some(volume_name(&draft.name)),
+            metrics: Vec::new(),
         });
     }
     let etcd_resources = check_resources(
@@ -171,6 +172,7 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
             resources: own_resources(ctx, draft, &etcd_resources),
             replicas: 1,
             volume: Some(volume_name(&draft.name)),
+            metrics: Vec::new(),
         });
     }
     let router = raw.router.clone().unwrap_or_default();
@@ -256,6 +258,7 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
             *databases = pooler_databases.clone();
         }
     }
+    add_metrics(ctx, raw.monitoring.as_ref(), &mut services, &root);
 
     Some(Cluster {
         name: raw.name.clone(),
@@ -403,6 +406,7 @@ pub(super) fn router_service(
         resources: check_resources(ctx, r.resources.as_ref(), &path.key("resources")),
         replicas: replicas.max(1),
         volume: None,
+        metrics: Vec::new(),
     }
 }
 
@@ -479,6 +483,7 @@ pub(super) fn pooler_service(
         resources: check_resources(ctx, p.resources.as_ref(), &path.key("resources")),
         replicas: replicas.max(1),
         volume: None,
+        metrics: Vec::new(),
     }
 }
 
@@ -506,5 +511,135 @@ pub(super) fn contract_sync(sync: SyncMode) -> SynchronousMode {
         SyncMode::Off => SynchronousMode::Off,
         SyncMode::On => SynchronousMode::On,
         SyncMode::Quorum => SynchronousMode::Quorum,
+    }
+}
+
+/// The ports each service already uses in its container, with what for, so a metrics port
+/// can be checked against them.
+fn own_ports(service: &Service) -> Vec<(u16, &'static str)> {
+    match &service.env.role {
+        Role::Primary { postgres, .. } | Role::Replica { postgres, .. } => {
+            vec![(postgres.port, "PostgreSQL")]
+        }
+        Role::Patroni {
+            postgres,
+            rest_port,
+            ..
+        } => vec![
+            (postgres.port, "PostgreSQL"),
+            (*rest_port, "Patroni's REST API"),
+        ],
+        Role::Etcd {
+            client_port,
+            peer_port,
+            ..
+        } => vec![(*client_port, "etcd clients"), (*peer_port, "etcd peers")],
+        Role::Router {
+            rw_port,
+            ro_port,
+            worker_port,
+            ..
+        } => {
+            let mut out = vec![
+                (*rw_port, "the read-write port"),
+                (*ro_port, "the read-only port"),
+            ];
+            if let Some(w) = worker_port {
+                out.push((*w, "the worker port"));
+            }
+            out
+        }
+        Role::Pooler { port, .. } => vec![(*port, "PgBouncer")],
+    }
+}
+
+/// Applies the `monitoring` section: each service's metrics endpoints (which become the
+/// labels Prometheus's Swarm discovery reads) and, for the exporters the sidecar runs or
+/// configures, the metrics port of its contract. Patroni and etcd serve `/metrics` on their
+/// own ports. Nothing is published: the endpoints answer on the overlay network only.
+pub(super) fn add_metrics(
+    ctx: &mut Ctx,
+    raw: Option<&RawMonitoring>,
+    services: &mut [Service],
+    root: &FieldPath,
+) {
+    let path = root.key("monitoring");
+    let m = raw.cloned().unwrap_or_default();
+    if m.enabled == Some(false) {
+        return;
+    }
+    let postgres = m.postgres_port.unwrap_or(defaults::POSTGRES_METRICS_PORT);
+    let router = m.router_port.unwrap_or(defaults::ROUTER_METRICS_PORT);
+    let pooler = m.pooler_port.unwrap_or(defaults::POOLER_METRICS_PORT);
+    for (field, port) in [
+        ("postgres_port", postgres),
+        ("router_port", router),
+        ("pooler_port", pooler),
+    ] {
+        if port == 0 {
+            ctx.report(
+                Rule::PortInvalid,
+                &path.key(field),
+                format!("monitoring.{field} is 0: choose a port from 1 to 65535"),
+            );
+        } else if let Some(what) = pgswarm_contract::rules::swarm_reserved_port(port) {
+            ctx.report(
+                Rule::PortInvalid,
+                &path.key(field),
+                format!(
+                    "monitoring.{field} is {port}, which Swarm itself uses for {what} on every \
+                     node: choose another port (default {})",
+                    match field {
+                        "postgres_port" => defaults::POSTGRES_METRICS_PORT,
+                        "router_port" => defaults::ROUTER_METRICS_PORT,
+                        _ => defaults::POOLER_METRICS_PORT,
+                    }
+                ),
+            );
+        }
+    }
+    let endpoint = |name, port| MetricsEndpoint {
+        name,
+        port,
+        path: defaults::METRICS_PATH,
+    };
+    let mut clashes: BTreeMap<&'static str, (String, u16, &'static str)> = BTreeMap::new();
+    for service in services.iter_mut() {
+        let (exporter, field) = match &service.env.role {
+            Role::Primary { .. } | Role::Replica { .. } => {
+                (Some(endpoint("postgres", postgres)), "postgres_port")
+            }
+            Role::Patroni { rest_port, .. } => {
+                service.metrics.push(endpoint("patroni", *rest_port));
+                (Some(endpoint("postgres", postgres)), "postgres_port")
+            }
+            Role::Etcd { client_port, .. } => {
+                service.metrics.push(endpoint("etcd", *client_port));
+                (None, "")
+            }
+            Role::Router { .. } => (Some(endpoint("haproxy", router)), "router_port"),
+            Role::Pooler { .. } => (Some(endpoint("pgbouncer", pooler)), "pooler_port"),
+        };
+        let Some(exporter) = exporter else { continue };
+        if let Some((_, what)) = own_ports(service)
+            .into_iter()
+            .find(|(p, _)| *p == exporter.port)
+        {
+            clashes
+                .entry(field)
+                .or_insert((service.name.clone(), exporter.port, what));
+        }
+        service.env.common.metrics_port = Some(exporter.port);
+        service.metrics.insert(0, exporter);
+    }
+    for (field, (service, port, what)) in clashes {
+        ctx.report(
+            Rule::PortClash,
+            &path.key(field),
+            format!(
+                "monitoring.{field} is {port}, which {service} already uses for {what}: choose \
+                 another port"
+            ),
+        );
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context};
+use pgswarm_contract::ctl::{self, QueryReply, Request, Target};
 use pgswarm_contract::{defaults, Role};
 use serde::Serialize;
 use serde_json::Value;
@@ -13,7 +14,6 @@ use crate::spec::{Cluster, Service, Topology};
 use crate::swarm::exec::exec;
 use crate::swarm::job;
 use crate::swarm::Engine;
-use pgswarm_contract::ctl;
 
 use super::ServiceView;
 
@@ -30,6 +30,112 @@ pub struct DbView {
     pub lag_mb: Option<f64>,
     /// Citus group.
     pub group: Option<u32>,
+}
+
+/// Activity figures of one data member, read from the member itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Activity {
+    /// Client connections (`pg_stat_activity`, client backends).
+    pub connections: u64,
+    /// Whether the member is the primary (not in recovery).
+    pub primary: bool,
+    /// WAL segments archived and failed archiving attempts (`pg_stat_archiver`).
+    pub archived: u64,
+    pub archive_failed: u64,
+    /// Seconds since the last segment was archived; `None` when none ever was.
+    pub last_archived_age_s: Option<u64>,
+}
+
+const ACTIVITY_SQL: &str = "SELECT (SELECT count(*) FROM pg_stat_activity \
+    WHERE backend_type = 'client backend'), pg_is_in_recovery(), archived_count, failed_count, \
+    extract(epoch FROM now() - last_archived_time)::bigint FROM pg_stat_archiver";
+
+/// Parses one row of [`ACTIVITY_SQL`].
+pub fn parse_activity(fields: &[Option<String>]) -> Option<Activity> {
+    let [connections, in_recovery, archived, failed, age] = fields else {
+        return None;
+    };
+    Some(Activity {
+        connections: connections.as_deref()?.parse().ok()?,
+        primary: matches!(in_recovery.as_deref(), Some("f" | "false")),
+        archived: archived.as_deref()?.parse().ok()?,
+        archive_failed: failed.as_deref()?.parse().ok()?,
+        last_archived_age_s: age.as_deref().and_then(|a| a.parse().ok()),
+    })
+}
+
+/// Each reachable data member's activity: through `pgswarm-sidecar ctl query` (the member's
+/// superuser password never leaves its container) for Patroni members, and over the local
+/// socket with `psql` in the replication topology, whose pg_hba admits the superuser there.
+/// Members that do not answer are left out.
+pub async fn activity_view(
+    engine: &Engine,
+    cluster: &Cluster,
+    views: &[ServiceView],
+) -> BTreeMap<String, Activity> {
+    let mut out = BTreeMap::new();
+    for service in cluster.data_members() {
+        let Some(container) = views
+            .iter()
+            .find(|v| v.member == service.name)
+            .and_then(|v| v.container.clone())
+        else {
+            continue;
+        };
+        let row = match &service.env.role {
+            Role::Patroni { postgres, .. } => {
+                let request = Request::Query {
+                    target: Target::new("127.0.0.1", postgres.port),
+                    sql: ACTIVITY_SQL.to_string(),
+                };
+                let argv = request.argv();
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                match exec(engine, &container, &argv).await {
+                    Ok(o) => ctl::read_reply::<QueryReply>(o.exit_code, &o.stdout, &o.stderr)
+                        .ok()
+                        .and_then(|r| r.rows.into_iter().next()),
+                    Err(_) => None,
+                }
+            }
+            Role::Primary { postgres, .. } | Role::Replica { postgres, .. } => {
+                let port = postgres.port.to_string();
+                exec(
+                    engine,
+                    &container,
+                    &[
+                        "psql",
+                        "-h",
+                        service.env.common.socket_dir(),
+                        "-p",
+                        &port,
+                        "-U",
+                        &service.env.common.superuser,
+                        "-d",
+                        "postgres",
+                        "-AtX",
+                        "-F",
+                        "|",
+                        "-c",
+                        ACTIVITY_SQL,
+                    ],
+                )
+                .await
+                .and_then(|o| o.into_stdout("psql"))
+                .ok()
+                .map(|text| {
+                    text.trim()
+                        .split('|')
+                        .map(|f| (!f.is_empty()).then(|| f.to_string()))
+                        .collect()
+                })
+            }
+            _ => None,
+        };
+        if let Some(activity) = row.as_deref().and_then(parse_activity) {
+            out.insert(service.name.clone(), activity);
+        }
+    }
+    out
 }
 
 /// Where the sidecar renders patroni.yml inside a member (the contract's run directory).
@@ -257,6 +363,27 @@ mod tests {
         assert_eq!(rows["pg2"].lag_mb, Some(0.0));
         assert_eq!(rows["pg3"].lag_mb, None);
         assert!(parse_patronictl("not json").is_err());
+    }
+
+    #[test]
+    fn activity_rows_parse() {
+        let row = |v: &[Option<&str>]| v.iter().map(|f| f.map(String::from)).collect::<Vec<_>>();
+        let a = parse_activity(&row(&[Some("4"), Some("f"), Some("12"), Some("1"), None]))
+            .expect("parses");
+        assert_eq!(
+            a,
+            Activity {
+                connections: 4,
+                primary: true,
+                archived: 12,
+                archive_failed: 1,
+                last_archived_age_s: None
+            }
+        );
+        assert!(
+            parse_activity(&row(&[Some("x"), Some("t"), Some("0"), Some("0"), None])).is_none()
+        );
+        assert!(parse_activity(&row(&[Some("1")])).is_none());
     }
 
     #[test]

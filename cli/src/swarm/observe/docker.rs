@@ -252,7 +252,7 @@ pub fn superuser_container(cluster: &Cluster, views: &[ServiceView]) -> anyhow::
     cluster
         .services
         .iter()
-        .filter(|s| Secret::SuperuserPassword.needed_by(s.mode()))
+        .filter(|s| s.secrets().contains(&Secret::SuperuserPassword))
         .find_map(|s| {
             views
                 .iter()

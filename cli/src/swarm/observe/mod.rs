@@ -9,6 +9,7 @@ mod database;
 mod docker;
 
 pub use database::{
-    db_view, parse_lsn, parse_patronictl, patroni_view, patroni_yml, replication_view, DbView,
+    activity_view, db_view, parse_activity, parse_lsn, parse_patronictl, patroni_view, patroni_yml,
+    replication_view, Activity, DbView,
 };
 pub use docker::{docker_view, superuser_container, ServiceView};
