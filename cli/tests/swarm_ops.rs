@@ -554,6 +554,20 @@ fn patroni_example_deploys_healthy_and_switches_over() {
         !jobs.lines().any(|l| l.starts_with(&name)),
         "a one-off task was left behind: {jobs}"
     );
+    let containers = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=pgswarm.job",
+        "--filter",
+        &format!("label=com.docker.stack.namespace={name}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(
+        containers.trim().is_empty(),
+        "a one-off task's container was left behind: {containers}"
+    );
 
     let out = c.run(&["switchover", "--to", &standby]);
     let (_, stderr) = text(&out);

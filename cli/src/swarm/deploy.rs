@@ -342,6 +342,9 @@ pub async fn remove_stack(
     }
     let deadline = Instant::now() + timeout;
     loop {
+        // Finished one-off task containers stay until removed (see `job`).
+        super::job::remove_job_containers(engine, &format!("com.docker.stack.namespace={name}"))
+            .await;
         let containers = engine
             .docker
             .list_containers(Some(bollard::query_parameters::ListContainersOptions {

@@ -61,8 +61,15 @@ pub const JOB_LABEL: &str = "pgswarm.job";
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The job's service spec: `template`'s, running `argv` once, with no volume, port,
-/// placement constraint, health check or restart.
-pub fn job_spec(template: &ServiceSpec, name: &str, argv: &[&str]) -> anyhow::Result<ServiceSpec> {
+/// resource limit, health check or restart; placed on the node `node_id` when given (the node
+/// swarmctl talks to, so that its container can be removed afterwards: Swarm leaves a
+/// finished job's container behind even once the service is removed).
+pub fn job_spec(
+    template: &ServiceSpec,
+    name: &str,
+    argv: &[&str],
+    node_id: Option<&str>,
+) -> anyhow::Result<ServiceSpec> {
     let mut spec = template.clone();
     spec.name = Some(name.to_string());
     let mut labels = spec.labels.take().unwrap_or_default();
@@ -86,6 +93,9 @@ pub fn job_spec(template: &ServiceSpec, name: &str, argv: &[&str]) -> anyhow::Re
         .container_spec
         .as_mut()
         .ok_or_else(|| anyhow!("the service {name} has no container spec"))?;
+    let mut container_labels = container.labels.take().unwrap_or_default();
+    container_labels.insert(JOB_LABEL.into(), "ctl".into());
+    container.labels = Some(container_labels);
     container.command = Some(argv.iter().map(|s| s.to_string()).collect());
     container.args = None;
     container.mounts = None;
@@ -94,7 +104,10 @@ pub fn job_spec(template: &ServiceSpec, name: &str, argv: &[&str]) -> anyhow::Re
         test: Some(vec!["NONE".into()]),
         ..Default::default()
     });
-    task.placement = None;
+    task.placement = node_id.map(|id| bollard::models::TaskSpecPlacement {
+        constraints: Some(vec![format!("node.id=={id}")]),
+        ..Default::default()
+    });
     task.resources = None;
     task.restart_policy = Some(TaskSpecRestartPolicy {
         condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
@@ -119,7 +132,11 @@ pub async fn run(engine: &Engine, template: &str, argv: &[&str]) -> anyhow::Resu
         .map(|d| d.as_nanos() % 1_000_000_000)
         .unwrap_or(0);
     let name = format!("{template}-ctl-{}-{unique}", std::process::id());
-    let spec = job_spec(&spec, &name, argv)?;
+    // On this node when it can run tasks (it is a manager: commands run there), so the
+    // finished container can be removed here; anywhere otherwise (a drained node).
+    let state = engine.swarm_state().await?;
+    let local = local_node_can_run_tasks(engine, &state.node_id).await;
+    let spec = job_spec(&spec, &name, argv, local.then_some(state.node_id.as_str()))?;
     engine
         .docker
         .create_service(spec, None)
@@ -129,7 +146,57 @@ pub async fn run(engine: &Engine, template: &str, argv: &[&str]) -> anyhow::Resu
     if let Err(e) = engine.docker.delete_service(&name).await {
         tracing::warn!(service = %name, error = %e, "cannot remove the one-off task's service");
     }
+    remove_job_containers(engine, &format!("com.docker.swarm.service.name={name}")).await;
     result
+}
+
+/// Whether this node is active (not drained or paused), so a task may be placed on it.
+async fn local_node_can_run_tasks(engine: &Engine, node_id: &str) -> bool {
+    if node_id.is_empty() {
+        return false;
+    }
+    match engine.docker.inspect_node(node_id).await {
+        Ok(node) => {
+            node.spec.and_then(|s| s.availability)
+                == Some(bollard::models::NodeSpecAvailabilityEnum::ACTIVE)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Removes this node's one-off task containers that carry the label `label` (`key=value`:
+/// one job's service name, or a stack's namespace); Swarm leaves them behind when the job's
+/// service is removed.
+pub async fn remove_job_containers(engine: &Engine, label: &str) {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![JOB_LABEL.to_string(), label.to_string()],
+    )]);
+    let Ok(containers) = engine
+        .docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+    else {
+        return;
+    };
+    for c in containers {
+        if let Some(id) = c.id {
+            let _ = engine
+                .docker
+                .remove_container(
+                    &id,
+                    Some(bollard::query_parameters::RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        }
+    }
 }
 
 async fn wait_and_read(engine: &Engine, name: &str, argv: &[&str]) -> anyhow::Result<ExecOutput> {
@@ -232,7 +299,13 @@ mod tests {
             endpoint_spec: Some(Default::default()),
             ..Default::default()
         };
-        let job = job_spec(&template, "demo_pg1-ctl-1", &["pgswarm-sidecar", "ctl"]).unwrap();
+        let job = job_spec(
+            &template,
+            "demo_pg1-ctl-1",
+            &["pgswarm-sidecar", "ctl"],
+            Some("node1"),
+        )
+        .unwrap();
         assert_eq!(job.name.as_deref(), Some("demo_pg1-ctl-1"));
         let labels = job.labels.unwrap();
         assert_eq!(labels["com.docker.stack.namespace"], "demo");
@@ -246,7 +319,12 @@ mod tests {
             c.mounts.is_none(),
             "a one-off task must not mount the data volume"
         );
-        assert!(task.placement.is_none() && task.resources.is_none());
+        assert!(task.resources.is_none());
+        assert_eq!(
+            task.placement.unwrap().constraints.unwrap(),
+            ["node.id==node1"]
+        );
+        assert_eq!(c.labels.unwrap()[JOB_LABEL], "ctl");
         assert!(job.endpoint_spec.is_none());
         assert_eq!(
             job.mode.unwrap().replicated_job.unwrap().total_completions,
