@@ -360,7 +360,12 @@ pub async fn remove_stack(
                 filters: Some(stack_filter(name)),
             }))
             .await
-            .map(|t| t.len())
+            .map(|tasks| {
+                tasks
+                    .iter()
+                    .filter(|t| !super::job::is_finished_job(t))
+                    .count()
+            })
             .unwrap_or(0);
         if containers.is_empty() && tasks == 0 {
             break;

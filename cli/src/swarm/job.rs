@@ -150,6 +150,29 @@ pub async fn run(engine: &Engine, template: &str, argv: &[&str]) -> anyhow::Resu
     result
 }
 
+/// Whether `task` is a one-off task that has ended. Swarm keeps such tasks listed after
+/// their job's service is removed; they hold nothing.
+pub fn is_finished_job(task: &bollard::models::Task) -> bool {
+    let is_job = task
+        .spec
+        .as_ref()
+        .and_then(|s| s.container_spec.as_ref())
+        .and_then(|c| c.labels.as_ref())
+        .is_some_and(|l| l.contains_key(JOB_LABEL));
+    let ended = matches!(
+        task.status.as_ref().and_then(|s| s.state),
+        Some(
+            TaskState::COMPLETE
+                | TaskState::FAILED
+                | TaskState::REJECTED
+                | TaskState::SHUTDOWN
+                | TaskState::ORPHANED
+                | TaskState::REMOVE
+        )
+    );
+    is_job && ended
+}
+
 /// Whether this node is active (not drained or paused), so a task may be placed on it.
 async fn local_node_can_run_tasks(engine: &Engine, node_id: &str) -> bool {
     if node_id.is_empty() {
