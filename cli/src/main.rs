@@ -236,6 +236,29 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Print the connection URIs of a role: the router's ports and the pooler, and how to
+    /// read the role's password (never the password itself).
+    #[command(
+        after_help = "The address is --host (default localhost: ports are published on the node                       that runs the router or pooler, or on every node through the routing                       mesh). The database defaults to the first declared database the role owns                       or reads.
+
+Examples:
+  swarmctl connect --role app
+  swarmctl connect                       -f demo.yml --role app --host 10.0.0.5"
+    )]
+    Connect {
+        /// The spec file, or `-` for standard input (default: the cluster of `swarmctl up`).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// A declared login role (default: the superuser).
+        #[arg(long)]
+        role: Option<String>,
+        /// The database (default: the role's own or one it reads, else postgres).
+        #[arg(long)]
+        dbname: Option<String>,
+        /// The address clients use to reach the published ports.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+    },
     /// Show the logs of one service of the cluster (a member, etcd, router or pooler), from
     /// every task on any node.
     #[command(
@@ -382,6 +405,21 @@ fn run(command: Command) -> Result<(), Failure> {
                 .build()
                 .context("cannot start the async runtime")?;
             return runtime.block_on(operate(command));
+        }
+        Command::Connect {
+            file,
+            role,
+            dbname,
+            host,
+        } => {
+            let cluster = load_cluster_or_default(file.as_deref())?;
+            let text = swarm::access::connection_uris(
+                &cluster,
+                role.as_deref(),
+                dbname.as_deref(),
+                &host,
+            )?;
+            write_stdout(&text)?;
         }
         Command::Init { topology, name } => {
             let text = spec::starter_spec(topology.into(), &name).map_err(|e| {
@@ -826,6 +864,7 @@ async fn operate(command: Command) -> Result<(), Failure> {
             }
         }
         Command::Init { .. }
+        | Command::Connect { .. }
         | Command::Validate { .. }
         | Command::Generate { .. }
         | Command::Completions { .. } => {

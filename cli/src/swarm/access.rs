@@ -118,6 +118,103 @@ pub async fn logs(
     Ok(status.code().unwrap_or(1))
 }
 
+/// The connection URIs of `role` (default: the superuser) for `swarmctl connect`: the router's
+/// read-write and read-only ports and the pooler, where they are published, with `host` as
+/// the address, and the command that prints the role's password (never the password itself).
+/// The database is `dbname`, else the first declared database the role owns or reads, else
+/// `postgres`.
+pub fn connection_uris(
+    cluster: &Cluster,
+    role: Option<&str>,
+    dbname: Option<&str>,
+    host: &str,
+) -> anyhow::Result<String> {
+    use pgswarm_contract::objects::{role_password_path, Ensure};
+    let first = cluster
+        .data_members()
+        .next()
+        .ok_or_else(|| anyhow!("cluster {} has no PostgreSQL member", cluster.name))?;
+    let superuser = first.env.common.superuser.clone();
+    let user = role.unwrap_or(&superuser).to_string();
+    let password_path = if user == superuser {
+        pgswarm_contract::Secret::SuperuserPassword.default_path()
+    } else {
+        let logins: Vec<&str> = cluster
+            .objects
+            .roles
+            .iter()
+            .filter(|r| r.has_password())
+            .map(|r| r.name.as_str())
+            .collect();
+        match cluster.objects.role(&user) {
+            Some(r) if r.has_password() => role_password_path(&user),
+            Some(r) if r.ensure == Ensure::Absent => {
+                bail!("role {user} is declared with `ensure: absent`: it does not exist")
+            }
+            Some(_) => bail!("role {user} is a group role (login: false): it cannot connect"),
+            None => bail!(
+                "--role {user}: cluster {} declares no such role; its login roles are: {}{}",
+                cluster.name,
+                superuser,
+                logins.iter().map(|r| format!(", {r}")).collect::<String>()
+            ),
+        }
+    };
+    let database = match dbname {
+        Some(d) => d.to_string(),
+        None => cluster
+            .objects
+            .databases
+            .iter()
+            .filter(|d| d.ensure == Ensure::Present)
+            .find(|d| d.owner == user || d.readers.iter().any(|r| *r == user))
+            .map(|d| d.name.clone())
+            .unwrap_or_else(|| "postgres".to_string()),
+    };
+    let published = |name: &str, target: u16| -> Option<u16> {
+        cluster
+            .service(name)
+            .and_then(|s| s.ports.iter().find(|p| p.target == target).map(|p| p.port))
+    };
+    let mut out = String::new();
+    let mut line = |what: &str, port: Option<u16>| match port {
+        Some(p) => out.push_str(&format!(
+            "{what:<22}postgresql://{user}@{host}:{p}/{database}\n"
+        )),
+        None => out.push_str(&format!("{what:<22}(not published outside the swarm)\n")),
+    };
+    if let (Some(router), Some((rw, ro, _))) = (cluster.router(), cluster.router_ports()) {
+        line("read-write (router):", published(&router.name, rw));
+        line("read-only (router):", published(&router.name, ro));
+    }
+    if let Some(pooler) = cluster.pooler() {
+        if let Role::Pooler { port, .. } = &pooler.env.role {
+            line("pooled (PgBouncer):", published(&pooler.name, *port));
+        }
+    }
+    if cluster.router().is_none() && cluster.pooler().is_none() {
+        for s in cluster.data_members() {
+            let port = match &s.env.role {
+                Role::Primary { postgres, .. }
+                | Role::Replica { postgres, .. }
+                | Role::Patroni { postgres, .. } => Some(postgres.port),
+                _ => None,
+            };
+            line(
+                &format!("{}:", s.name),
+                port.and_then(|p| published(&s.name, p)),
+            );
+        }
+    }
+    out.push_str(&format!(
+        "password of {user} (a Docker secret; never printed by swarmctl):\n  docker exec \
+         $(docker ps -q -f label={}={} | head -n1) cat {password_path}\n",
+        super::SERVICE_NAME_LABEL,
+        service_name(&cluster.name, &first.name),
+    ));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +244,43 @@ mod tests {
             c.service(&primary).unwrap().env.role,
             Role::Primary { .. }
         ));
+    }
+
+    #[test]
+    fn connect_prints_a_declared_roles_uris_and_how_to_read_its_password() {
+        let text = "name: demo\ntopology: patroni\nrouter: {}\npooler: {}\nroles:\n  - name: app\n  - name: readers\n    login: false\n  - name: report\ndatabases:\n  - name: appdb\n    owner: app\n    readers: [report]\n";
+        let c = parse(text).expect("valid").cluster;
+        let out = connection_uris(&c, Some("app"), None, "10.0.0.5").unwrap();
+        assert!(
+            out.contains("postgresql://app@10.0.0.5:5000/appdb"),
+            "{out}"
+        );
+        assert!(
+            out.contains("postgresql://app@10.0.0.5:5001/appdb"),
+            "{out}"
+        );
+        assert!(
+            out.contains("postgresql://app@10.0.0.5:6432/appdb"),
+            "{out}"
+        );
+        assert!(out.contains("cat /run/secrets/role_app_password"), "{out}");
+        // A reader gets the database it reads; the superuser the maintenance database.
+        let out = connection_uris(&c, Some("report"), None, "h").unwrap();
+        assert!(out.contains("postgresql://report@h:5000/appdb"), "{out}");
+        let out = connection_uris(&c, None, None, "h").unwrap();
+        assert!(
+            out.contains("postgresql://postgres@h:5000/postgres"),
+            "{out}"
+        );
+        assert!(out.contains("cat /run/secrets/superuser_password"), "{out}");
+        // Unknown and group roles are refused, naming the login roles.
+        let err = connection_uris(&c, Some("nobody"), None, "h")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("app") && err.contains("report"), "{err}");
+        let err = connection_uris(&c, Some("readers"), None, "h")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("group role"), "{err}");
     }
 }
