@@ -167,7 +167,7 @@ pub fn connection_uris(
             .databases
             .iter()
             .filter(|d| d.ensure == Ensure::Present)
-            .find(|d| d.owner == user || d.readers.iter().any(|r| *r == user))
+            .find(|d| d.owner == user || d.readers.contains(&user))
             .map(|d| d.name.clone())
             .unwrap_or_else(|| "postgres".to_string()),
     };
