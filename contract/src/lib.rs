@@ -1173,8 +1173,15 @@ mod tests {
                 .filter(|s| s.needed_by(mode, false))
                 .collect::<Vec<_>>()
         };
-        let all = Secret::ALL.to_vec();
-        assert_eq!(needs(Mode::Patroni), all);
+        assert_eq!(
+            needs(Mode::Patroni),
+            vec![
+                Secret::SuperuserPassword,
+                Secret::ReplicationPassword,
+                Secret::RestPassword,
+                Secret::PoolerAuthPassword
+            ]
+        );
         assert_eq!(
             needs(Mode::Primary),
             vec![
