@@ -597,9 +597,20 @@ async fn write_check(
     connect_timeout: u64,
 ) -> Result<WriteCheckReply, CtlError> {
     let client = superuser_client(member, host, port, dbname, connect_timeout).await?;
-    let messages = client
-        .simple_query(WRITE_CHECK_SQL)
+    // A session a router hands to a member that is going away may never be answered: give up
+    // after a while (the write leaves nothing behind either way).
+    let patience = Duration::from_secs(connect_timeout.max(1) + 10);
+    let messages = tokio::time::timeout(patience, client.simple_query(WRITE_CHECK_SQL))
         .await
+        .map_err(|_| {
+            CtlError::new(
+                ErrorKind::Statement,
+                format!(
+                    "the write through {host}:{port} got no answer within {} s",
+                    patience.as_secs()
+                ),
+            )
+        })?
         .map_err(|e| statement_error(format!("the write through {host}:{port} failed"), &e))?;
     let reply = rows_of(&messages);
     if reply.rows.is_empty() {

@@ -126,6 +126,9 @@ fn group_of(service: &Service) -> Option<u32> {
     }
 }
 
+/// How long one write check may take, a one-off task included.
+const WRITE_CHECK_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Runs `pgswarm-sidecar ctl write-check` through `host:port` from a local container that
 /// holds the superuser secret; returns the server address that took the write.
 pub async fn write_check(
@@ -139,7 +142,19 @@ pub async fn write_check(
     let container = status::superuser_container(cluster, views).ok();
     let argv = Request::WriteCheck(Target::new(host, port)).argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = job::run_ctl(engine, cluster, container.as_deref(), &argv).await?;
+    // A session the router hands to a member that is going away can stay open without an
+    // answer: the check gives up after a while (nothing it wrote remains), and is tried again.
+    let out = tokio::time::timeout(
+        WRITE_CHECK_PATIENCE,
+        job::run_ctl(engine, cluster, container.as_deref(), &argv),
+    )
+    .await
+    .map_err(|_| {
+        anyhow!(
+            "the write check through {host}:{port} got no answer within {} s",
+            WRITE_CHECK_PATIENCE.as_secs()
+        )
+    })??;
     let reply: WriteCheckReply = ctl::read_reply(out.exit_code, &out.stdout, &out.stderr)
         .with_context(|| format!("the write check through {host}:{port}"))?;
     Ok(reply.server)
@@ -391,19 +406,7 @@ async fn switch(
     }
 
     let deadline = started + timeout;
-    // Patroni answered that the switchover happened, and the router's read-write port
-    // takes a write only on a primary: with a router, the first write through it that commits
-    // is the new leader's, so there is nothing to wait for before it (the pooler's clients are
-    // waiting). Without a router, writes go to the member Patroni lists as the new leader.
-    let routed = cluster.router().is_some()
-        && cluster.router_ports().is_some()
-        && out
-            .to_ascii_lowercase()
-            .contains("successfully switched over");
     let (host, port) = loop {
-        if routed {
-            break write_target(cluster, leader);
-        }
         let views = docker_view(engine, cluster, nodes).await?;
         let now = db_view(engine, cluster, &views).await.ok();
         let new = now.as_ref().and_then(|db| {
