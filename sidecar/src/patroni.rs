@@ -700,10 +700,13 @@ pub async fn config_text(member: &MemberEnv, secrets: &Secrets) -> anyhow::Resul
         bail!("mode {} is not a Patroni member", member.mode());
     };
     let bin_dir = postgres::find_bin_dir(spec.postgres.bin_dir.as_deref())?;
+    // Patroni's version is not asked: that would start the process-wide child reaper, which
+    // would then take patronictl's exit status from the caller (ECHILD); it only decides
+    // whether quorum mode is refused, which the member itself has checked.
     let host = HostFacts {
         bin_dir: bin_dir.display().to_string(),
         allowed_cidrs: postgres::allowed_cidrs(spec.postgres)?,
-        patroni_version: installed_version().await,
+        patroni_version: None,
         current_address: None,
         liveness_port: None,
     };
