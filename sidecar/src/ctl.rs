@@ -437,7 +437,23 @@ async fn superuser_client(
         .application_name("pgswarm-ctl")
         .connect_timeout(Duration::from_secs(connect_timeout));
     let what = format!("{host}:{port} (database {dbname}) as {}", common.superuser);
-    match config.connect(NoTls).await {
+    // The connect timeout covers the TCP connection only: a router that accepts the connection
+    // but has no server behind it never answers the startup message. Nothing has run then,
+    // so this is `unreachable` (a retry is safe).
+    let patience = Duration::from_secs(connect_timeout.max(1) + 2);
+    let connected = match tokio::time::timeout(patience, config.connect(NoTls)).await {
+        Ok(connected) => connected,
+        Err(_) => {
+            return Err(CtlError::new(
+                ErrorKind::Unreachable,
+                format!(
+                    "connecting to {what}: no answer to the startup within {} s",
+                    patience.as_secs()
+                ),
+            ))
+        }
+    };
+    match connected {
         Ok((client, connection)) => {
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -599,7 +615,7 @@ async fn write_check(
     let client = superuser_client(member, host, port, dbname, connect_timeout).await?;
     // A session a router hands to a member that is going away may never be answered: give up
     // after a while (the write leaves nothing behind either way).
-    let patience = Duration::from_secs(connect_timeout.max(1) + 10);
+    let patience = Duration::from_secs(connect_timeout.max(1) + 5);
     let messages = tokio::time::timeout(patience, client.simple_query(WRITE_CHECK_SQL))
         .await
         .map_err(|_| {

@@ -127,7 +127,7 @@ fn group_of(service: &Service) -> Option<u32> {
 }
 
 /// How long one write check may take, a one-off task included.
-const WRITE_CHECK_PATIENCE: Duration = Duration::from_secs(60);
+const WRITE_CHECK_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Runs `pgswarm-sidecar ctl write-check` through `host:port` from a local container that
 /// holds the superuser secret; returns the server address that took the write.
