@@ -194,6 +194,36 @@ impl Drop for TestCluster {
     }
 }
 
+/// Fails when a one-off task (service or container) of cluster `name` is left behind.
+fn assert_no_job_left(name: &str) {
+    let jobs = docker(&[
+        "service",
+        "ls",
+        "--filter",
+        "label=pgswarm.job",
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert!(
+        !jobs.lines().any(|l| l.starts_with(name)),
+        "a one-off task was left behind: {jobs}"
+    );
+    let containers = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=pgswarm.job",
+        "--filter",
+        &format!("label=com.docker.stack.namespace={name}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(
+        containers.trim().is_empty(),
+        "a one-off task's container was left behind: {containers}"
+    );
+}
+
 /// The patroni example of `stacks/`, renamed, on free ports, with the test image.
 fn patroni_example(name: &str) -> String {
     let text = std::fs::read_to_string(repo().join("stacks/patroni.spec.yml"))
@@ -507,18 +537,7 @@ fn patroni_example_deploys_healthy_and_switches_over() {
             assert!(m["lag_mb"].is_number(), "no lag for a replica: {remote:#}");
         }
     }
-    let jobs = docker(&[
-        "service",
-        "ls",
-        "--filter",
-        "label=pgswarm.job",
-        "--format",
-        "{{.Name}}",
-    ]);
-    assert!(
-        !jobs.lines().any(|l| l.starts_with(&name)),
-        "a one-off task was left behind: {jobs}"
-    );
+    assert_no_job_left(&name);
     // Another switchover, the same way (patronictl and the write check in one-off tasks), to
     // the synchronous standby of now.
     let standby = c.status_json()["members"]
@@ -542,32 +561,7 @@ fn patroni_example_deploys_healthy_and_switches_over() {
         "{stdout}{stderr}"
     );
     assert_eq!(leaders(&c.status_json()), vec![standby.clone()]);
-    let jobs = docker(&[
-        "service",
-        "ls",
-        "--filter",
-        "label=pgswarm.job",
-        "--format",
-        "{{.Name}}",
-    ]);
-    assert!(
-        !jobs.lines().any(|l| l.starts_with(&name)),
-        "a one-off task was left behind: {jobs}"
-    );
-    let containers = docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        "label=pgswarm.job",
-        "--filter",
-        &format!("label=com.docker.stack.namespace={name}"),
-        "--format",
-        "{{.Names}}",
-    ]);
-    assert!(
-        containers.trim().is_empty(),
-        "a one-off task's container was left behind: {containers}"
-    );
+    assert_no_job_left(&name);
 
     let out = c.run(&["switchover", "--to", &standby]);
     let (_, stderr) = text(&out);

@@ -165,6 +165,20 @@ pub struct PatroniCredentials {
     pub rest_password: String,
 }
 
+impl PatroniCredentials {
+    /// The three passwords patroni.yml holds, from a Patroni member's loaded secrets.
+    pub fn from_secrets(secrets: &Secrets) -> anyhow::Result<Self> {
+        Ok(PatroniCredentials {
+            superuser_password: secrets.get(Secret::SuperuserPassword)?.expose().to_string(),
+            replication_password: secrets
+                .get(Secret::ReplicationPassword)?
+                .expose()
+                .to_string(),
+            rest_password: secrets.get(Secret::RestPassword)?.expose().to_string(),
+        })
+    }
+}
+
 impl fmt::Debug for PatroniCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PatroniCredentials { .. }")
@@ -710,14 +724,7 @@ pub async fn config_text(member: &MemberEnv, secrets: &Secrets) -> anyhow::Resul
         current_address: None,
         liveness_port: None,
     };
-    let credentials = PatroniCredentials {
-        superuser_password: secrets.get(Secret::SuperuserPassword)?.expose().to_string(),
-        replication_password: secrets
-            .get(Secret::ReplicationPassword)?
-            .expose()
-            .to_string(),
-        rest_password: secrets.get(Secret::RestPassword)?.expose().to_string(),
-    };
+    let credentials = PatroniCredentials::from_secrets(secrets)?;
     let config =
         render(common, &spec, &host, &credentials).map_err(|e| ConfigError(e.to_string()))?;
     Ok(to_text(&config)?)
@@ -740,14 +747,7 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         current_address: None,
         liveness_port: None,
     };
-    let credentials = PatroniCredentials {
-        superuser_password: secrets.get(Secret::SuperuserPassword)?.expose().to_string(),
-        replication_password: secrets
-            .get(Secret::ReplicationPassword)?
-            .expose()
-            .to_string(),
-        rest_password: secrets.get(Secret::RestPassword)?.expose().to_string(),
-    };
+    let credentials = PatroniCredentials::from_secrets(secrets)?;
     // Rendered and written now, so a bad setting fails before the wait for etcd; written
     // again below with this container's current address once etcd answers.
     let path = config_path(common);

@@ -98,36 +98,15 @@ pub async fn activity_view(
                 }
             }
             Role::Primary { postgres, .. } | Role::Replica { postgres, .. } => {
-                let port = postgres.port.to_string();
-                exec(
-                    engine,
-                    &container,
-                    &[
-                        "psql",
-                        "-h",
-                        service.env.common.socket_dir(),
-                        "-p",
-                        &port,
-                        "-U",
-                        &service.env.common.superuser,
-                        "-d",
-                        "postgres",
-                        "-AtX",
-                        "-F",
-                        "|",
-                        "-c",
-                        ACTIVITY_SQL,
-                    ],
-                )
-                .await
-                .and_then(|o| o.into_stdout("psql"))
-                .ok()
-                .map(|text| {
-                    text.trim()
-                        .split('|')
-                        .map(|f| (!f.is_empty()).then(|| f.to_string()))
-                        .collect()
-                })
+                socket_psql(engine, &container, service, postgres.port, ACTIVITY_SQL)
+                    .await
+                    .ok()
+                    .map(|text| {
+                        text.trim()
+                            .split('|')
+                            .map(|f| (!f.is_empty()).then(|| f.to_string()))
+                            .collect()
+                    })
             }
             _ => None,
         };
@@ -240,6 +219,40 @@ pub async fn patroni_view(
     Err(last)
 }
 
+/// Runs `sql` with psql as the superuser over the member's own socket (the contract's socket
+/// directory) inside `container`: unaligned, tuples only, fields separated by `|`.
+async fn socket_psql(
+    engine: &Engine,
+    container: &str,
+    service: &Service,
+    port: u16,
+    sql: &str,
+) -> anyhow::Result<String> {
+    let port = port.to_string();
+    exec(
+        engine,
+        container,
+        &[
+            "psql",
+            "-h",
+            service.env.common.socket_dir(),
+            "-p",
+            &port,
+            "-U",
+            &service.env.common.superuser,
+            "-d",
+            "postgres",
+            "-AtX",
+            "-F",
+            "|",
+            "-c",
+            sql,
+        ],
+    )
+    .await
+    .and_then(|o| o.into_stdout("psql"))
+}
+
 /// The replication topology's view: each local member answers for itself over its socket.
 pub async fn replication_view(
     engine: &Engine,
@@ -265,30 +278,7 @@ pub async fn replication_view(
             Role::Primary { postgres, .. } | Role::Replica { postgres, .. } => postgres.port,
             _ => defaults::PG_PORT,
         };
-        let port = port.to_string();
-        let out = exec(
-            engine,
-            &container,
-            &[
-                "psql",
-                "-h",
-                // The member's socket directory, as the contract defines it.
-                service.env.common.socket_dir(),
-                "-p",
-                &port,
-                "-U",
-                &service.env.common.superuser,
-                "-d",
-                "postgres",
-                "-AtX",
-                "-F",
-                "|",
-                "-c",
-                SQL,
-            ],
-        )
-        .await
-        .and_then(|o| o.into_stdout("psql"));
+        let out = socket_psql(engine, &container, service, port, SQL).await;
         let Ok(out) = out else { continue };
         let fields: Vec<&str> = out.trim().split('|').collect();
         if fields.len() != 4 {
