@@ -4,9 +4,10 @@
 //! 200, the read-only port to the members answering `/replica` (checked with OPTIONS, which
 //! Patroni answers with the status line only), and the optional worker
 //! port (Citus) to the worker groups' primaries. Members are addressed by service name and
-//! resolved at run time (`resolvers` from the container's resolv.conf, `init-addr
-//! last,libc,none`), so a member that is gone or not yet scheduled neither keeps HAProxy from
-//! starting nor from following the others. The configuration comes from `haproxy.cfg.hbs`.
+//! resolved at run time only (`resolvers` from the container's resolv.conf, `init-addr
+//! none`), so a member that is gone, not yet scheduled or on a lost node (whose name a libc
+//! lookup may take 20 s to give up on) neither keeps HAProxy from opening its ports nor from
+//! following the others. The configuration comes from `haproxy.cfg.hbs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -367,7 +368,7 @@ mod tests {
             "rise 1",
             "on-marked-down shutdown-sessions",
             "resolvers swarm",
-            "init-addr last,libc,none",
+            "init-addr none",
         ] {
             assert!(default_server.contains(word), "{word} in {default_server}");
         }
