@@ -315,7 +315,11 @@ pub async fn watch_leader(etcd: Etcd, keys: Keys, me: String) {
                 ));
                 tokio::time::sleep(RECHECK).await;
             }
-            PeerEnd::Gone(how) => release(&etcd, &leader_key, &seen, how).await,
+            PeerEnd::Gone(how) => {
+                if release(&etcd, &leader_key, &seen, how).await {
+                    forget_member(&etcd, &keys.member(&seen.value), &host, port).await;
+                }
+            }
         }
     }
 }
@@ -334,25 +338,57 @@ async fn key_changes(etcd: &Etcd, key: &str, seen: &KeyValue) {
 }
 
 /// Deletes the leader key if it still holds `seen`, retrying while etcd does not answer
-/// (for up to a few seconds: past that the lease will have done it).
-async fn release(etcd: &Etcd, key: &str, seen: &KeyValue, how: &str) {
+/// (for up to a few seconds: past that the lease will have done it). True when this call
+/// deleted it.
+async fn release(etcd: &Etcd, key: &str, seen: &KeyValue, how: &str) -> bool {
     for _ in 0..10 {
         match etcd.delete_if_unchanged(key, seen).await {
             Ok(true) => {
                 warn!(leader = %seen.value, mod_revision = seen.mod_revision, reason = how,
                     "the leader's sidecar is gone (its container has exited): released its leader key");
-                return;
+                return true;
             }
             Ok(false) => {
                 info!(leader = %seen.value, reason = how,
                     "the leader's sidecar is gone, but the leader key changed meanwhile: left as is");
-                return;
+                return false;
             }
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "cannot release the dead leader's key yet");
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
+    }
+    false
+}
+
+/// Deletes the dead leader's member key too, if it still describes the incarnation whose
+/// liveness port closed (`host:port`). Otherwise every replica's leader race would ask the
+/// dead member's REST API first and wait Patroni's 2 s request timeout for an address that no
+/// longer answers. A restarted task of the same member publishes another liveness address, so
+/// its key is never removed; and a live member rewrites its key on its next loop anyway.
+async fn forget_member(etcd: &Etcd, key: &str, host: &str, port: u16) {
+    let current = match etcd.get(key).await {
+        Ok(Some(kv)) => kv,
+        Ok(None) => return,
+        Err(e) => {
+            debug!(error = %format!("{e:#}"), "cannot read the dead leader's member key");
+            return;
+        }
+    };
+    if liveness_address(&current.value) != Some((host.to_string(), port)) {
+        return;
+    }
+    match etcd.delete_if_unchanged(key, &current).await {
+        Ok(true) => info!(
+            key,
+            "removed the dead leader's member key from the leader race"
+        ),
+        Ok(false) => debug!(
+            key,
+            "the dead leader's member key changed meanwhile: left as is"
+        ),
+        Err(e) => debug!(error = %format!("{e:#}"), "cannot remove the dead leader's member key"),
     }
 }
 

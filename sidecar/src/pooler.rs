@@ -296,6 +296,8 @@ pub async fn run(
 const RESOLVE_EVERY: Duration = Duration::from_secs(2);
 /// How long one lookup of the router's name may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a router task may take to accept a connection before another one is chosen.
+const ROUTER_PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 /// How long the router may stay out of reach before the pooler reports itself unhealthy.
 /// Swarm replaces an unhealthy task, which helps only when the fault is the pooler's own (its
 /// node's overlay, say); while the router itself is being rescheduled (after the loss of its
@@ -307,8 +309,14 @@ pub const ROUTER_GRACE: Duration = Duration::from_secs(120);
 /// its tasks with `endpoint_mode: dnsrr`), so the choice is stable while they stay. `None`
 /// when it does not resolve (yet).
 async fn resolve(host: &str, port: u16) -> Option<String> {
+    resolve_all(host, port).await.into_iter().next()
+}
+
+/// Every address of the router's tasks, lowest first (empty when the name does not resolve,
+/// or is an address already).
+async fn resolve_all(host: &str, port: u16) -> Vec<String> {
     if host.parse::<std::net::IpAddr>().is_ok() {
-        return None;
+        return Vec::new();
     }
     // `tasks.<service>` names the tasks themselves whatever the service's endpoint mode: with
     // a virtual IP (a router published through the routing mesh) the plain name answers the
@@ -325,11 +333,42 @@ async fn resolve(host: &str, port: u16) -> Option<String> {
         };
         let mut addrs: Vec<std::net::IpAddr> = found.map(|a| a.ip()).collect();
         addrs.sort();
-        if let Some(first) = addrs.first() {
-            return Some(first.to_string());
+        addrs.dedup();
+        if !addrs.is_empty() {
+            return addrs.iter().map(ToString::to_string).collect();
         }
     }
-    None
+    Vec::new()
+}
+
+/// Which of the router's addresses PgBouncer should use: with one task, that one; with
+/// several (router replicas on different nodes), the current one while it accepts
+/// connections, else the first that does. Swarm keeps a task of a lost node in the DNS answer
+/// until it marks the node down (up to a minute), so the lowest address may be a dead one.
+async fn choose_router(addrs: &[String], current: &str, port: u16) -> Option<String> {
+    let answers = |a: String| async move {
+        http::listening(&a, port, ROUTER_PROBE_TIMEOUT)
+            .await
+            .is_ok()
+    };
+    match addrs {
+        [] => None,
+        [only] => Some(only.clone()),
+        _ => {
+            if addrs.iter().any(|a| a == current) && answers(current.to_string()).await {
+                return Some(current.to_string());
+            }
+            for a in addrs {
+                if a != current && answers(a.clone()).await {
+                    return Some(a.clone());
+                }
+            }
+            // None answers: nothing better to go to.
+            Some(current.to_string())
+                .filter(|c| addrs.contains(c))
+                .or(addrs.first().cloned())
+        }
+    }
 }
 
 /// Keeps PgBouncer's target on the router's current address. PgBouncer caches a name's answer
@@ -345,7 +384,9 @@ async fn follow_router(
 ) {
     loop {
         tokio::time::sleep(RESOLVE_EVERY).await;
-        let Some(address) = resolve(&router, config.target_port).await else {
+        let addrs = resolve_all(&router, config.target_port).await;
+        let Some(address) = choose_router(&addrs, &config.target_host, config.target_port).await
+        else {
             continue;
         };
         if address == config.target_host {
@@ -590,25 +631,30 @@ pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
     // Docker gives the whole check 3 s: the steps end after 0.5 + 0.7 + 1.2 s at most, so
     // that an unreachable router is judged here, not by Docker's timeout.
     http::listening("127.0.0.1", config.port, Duration::from_millis(500)).await?;
-    let router = tokio::time::timeout(
+    let addrs = tokio::time::timeout(
         Duration::from_millis(700),
-        resolve(&config.target_host, config.target_port),
+        resolve_all(&config.target_host, config.target_port),
     )
     .await
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| config.target_host.clone());
-    let reached = http::listening(&router, config.target_port, Duration::from_millis(1200))
+    .unwrap_or_default();
+    let candidates = if addrs.is_empty() {
+        vec![config.target_host.clone()]
+    } else {
+        addrs
+    };
+    let reached = first_answering(&candidates, config.target_port, Duration::from_millis(1200))
         .await
         .with_context(|| {
             format!(
-                "the pooler cannot reach the router {} at {router}:{}",
-                config.target_host, config.target_port
+                "the pooler cannot reach the router {} at {}:{}",
+                config.target_host,
+                candidates.join(", "),
+                config.target_port
             )
         });
     let since_path = router_unreachable_path(&member.common);
     match reached {
-        Ok(()) => {
+        Ok(router) => {
             let _ = std::fs::remove_file(&since_path);
             Ok(format!(
                 "pooler listening on port {}, router {} ({router}:{}) reachable",
@@ -629,6 +675,25 @@ pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
             router_grace_verdict(e, now - since)
         }
     }
+}
+
+/// The first of `hosts` that accepts a connection on `port` within `timeout` (all tried at
+/// once).
+async fn first_answering(hosts: &[String], port: u16, timeout: Duration) -> anyhow::Result<String> {
+    let mut attempts = tokio::task::JoinSet::new();
+    for host in hosts {
+        let host = host.clone();
+        attempts.spawn(async move { http::listening(&host, port, timeout).await.map(|()| host) });
+    }
+    let mut errors = Vec::new();
+    while let Some(done) = attempts.join_next().await {
+        match done {
+            Ok(Ok(host)) => return Ok(host),
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    bail!("{}", errors.join("; "))
 }
 
 /// Where the pooler's health check keeps the time (seconds since the epoch) of the first
@@ -686,6 +751,30 @@ mod tests {
             .filter_map(|l| l.split_once('='))
             .find(|(k, _)| k.trim() == name)
             .map(|(_, v)| v.trim())
+    }
+
+    #[tokio::test]
+    async fn the_pooler_moves_to_a_router_task_that_answers() {
+        let live = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = live.local_addr().unwrap().port();
+        // 127.0.0.1 has nothing on that port (refused at once), as a dead task's address.
+        let dead = "127.0.0.1".to_string();
+        let alive = "127.0.0.2".to_string();
+        let both = vec![dead.clone(), alive.clone()];
+        assert_eq!(choose_router(&both, &dead, port).await, Some(alive.clone()));
+        assert_eq!(
+            choose_router(&both, &alive, port).await,
+            Some(alive.clone())
+        );
+        // One task: taken as it is (nothing to choose from).
+        assert_eq!(
+            choose_router(std::slice::from_ref(&dead), &alive, port).await,
+            Some(dead.clone())
+        );
+        assert_eq!(choose_router(&[], &alive, port).await, None);
+        drop(live);
+        // None answers: the current one stays.
+        assert_eq!(choose_router(&both, &alive, port).await, Some(alive));
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct WorkerListen {
     pub members: Vec<Server>,
 }
 
+/// The most time between checks of a server that is down or failing.
+pub const FAST_CHECK_INTERVAL_MS: u32 = 200;
+
 /// Everything `haproxy.cfg.hbs` needs.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RouterConfig {
@@ -79,6 +82,11 @@ pub struct RouterConfig {
     pub rw_port: u16,
     pub ro_port: u16,
     pub check_interval_ms: u32,
+    /// Interval of the checks of a server that is down or failing (`downinter`, `fastinter`):
+    /// a replica promoted to leader is in the read-write backend within this time, and a
+    /// failing leader out of it after `fall` of these; a healthy server is checked at the
+    /// normal interval.
+    pub fast_check_interval_ms: u32,
     pub check_timeout_ms: u32,
     pub fall: u32,
     pub rise: u32,
@@ -181,6 +189,7 @@ impl RouterConfig {
                 ro_port: *ro_port,
                 check_interval_ms: *check_interval_ms,
                 // A check must end before the next one is due.
+                fast_check_interval_ms: (*check_interval_ms).min(FAST_CHECK_INTERVAL_MS),
                 check_timeout_ms: (*check_interval_ms).clamp(200, 2000),
                 fall: *fall,
                 rise: *rise,
@@ -364,6 +373,8 @@ mod tests {
             .expect("default-server line");
         for word in [
             "inter 1000ms",
+            "fastinter 200ms",
+            "downinter 200ms",
             "fall 2",
             "rise 1",
             "on-marked-down shutdown-sessions",

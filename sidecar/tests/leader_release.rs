@@ -240,6 +240,8 @@ fn index_of(name: &str) -> usize {
 }
 
 const RELEASED: &str = "released its leader key";
+/// What a watcher logs when it removed the dead leader's member key after its leader key.
+const FORGOTTEN: &str = "removed the dead leader's member key from the leader race";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_leaders_key_is_released_at_once_and_a_live_ones_never() {
@@ -466,6 +468,16 @@ async fn a_dead_leaders_key_is_released_at_once_and_a_live_ones_never() {
     assert!(
         released,
         "no member released the dead leader's key (the lease expired instead)"
+    );
+    // Its member key went with it, so the leader race did not wait on its REST API.
+    let forgotten = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .any(|(_, m)| m.log_text().contains(FORGOTTEN));
+    assert!(
+        forgotten,
+        "the dead leader's member key was left in the race"
     );
     let ni = index_of(&new_leader);
     let client = connect_member(HOSTS[ni], ports.pg)

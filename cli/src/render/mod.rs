@@ -161,11 +161,17 @@ pub struct PlacementSpec {
     pub constraints: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub preferences: Vec<Spread>,
+    /// 1 for a service of several replicas: on one node they would share its fate (and a port
+    /// published in host mode can be bound once per node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u32>,
 }
 
 impl PlacementSpec {
     pub fn is_empty(&self) -> bool {
-        self.constraints.is_empty() && self.preferences.is_empty()
+        self.constraints.is_empty()
+            && self.preferences.is_empty()
+            && self.max_replicas_per_node.is_none()
     }
 }
 
@@ -470,6 +476,7 @@ fn compose_service(cluster: &Cluster, service: &Service) -> ComposeService {
                         spread: placement::spread_target(zone),
                     })
                     .collect(),
+                max_replicas_per_node: (service.replicas > 1).then_some(1),
             },
             resources: ComposeResources {
                 limits: resource_values(&service.resources.limits),
@@ -613,6 +620,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn several_routers_never_share_a_node() {
+        let s = stack("name: demo\ntopology: patroni\nrouter:\n  replicas: 2\n");
+        let router = &s["services"]["router"]["deploy"];
+        assert_eq!(router["replicas"], 2);
+        assert_eq!(router["placement"]["max_replicas_per_node"], 1);
+        let pooler = &s["services"]["pooler"]["deploy"];
+        assert!(pooler["placement"]["max_replicas_per_node"].is_null());
     }
 
     #[test]

@@ -95,6 +95,11 @@ impl Testbed {
     /// network unencrypted when this kernel cannot carry encrypted overlays between nodes.
     pub fn patroni_spec(&self, name: &str, image: &str, synchronous: bool) -> Result<String> {
         let mut spec = crate::specs::patroni(name, image, synchronous)?;
+        // Two routers on two nodes, as the README advises on several nodes: the loss of one
+        // router's node leaves the other serving while Swarm reschedules the lost one.
+        if self.nodes.len() > 1 {
+            spec = spec.replacen("router:\n", "router:\n  replicas: 2\n", 1);
+        }
         if !self.encrypted_overlay {
             tracing::warn!(
                 "this kernel has no IPsec ESP with AES-GCM: the overlay network of the test \
