@@ -148,15 +148,10 @@ run_tests "tests that need Docker, root or a swarm" \
   cargo test --no-fail-fast -p swarmctl --test docker_stack_config --test swarm_ops \
   --test no_swarm -- --ignored
 run_tests "real-swarm end-to-end suite" tests/swarm/run.sh
-# Uses the image built above; takes the bed down also on failure.
-# The freeze scenario is left out of the default run: it fails today (after a thaw, the
-# PgBouncer writer gets no commit acknowledged within the scenario; issue 10). So is the loss of
-# the router's node since its last run failed (writes through the rescheduled router and the
-# pooler did not resume within 300 s; it had passed before with 39-49 s gaps), until that is
-# understood. Run them with PGSWARM_MULTINODE_SCENARIOS=freeze,router-node-loss
-# tests/swarm/run-multinode.sh.
-export PGSWARM_MULTINODE_SCENARIOS="${PGSWARM_MULTINODE_SCENARIOS:-node-loss,partition,drain}"
-echo "multi-node scenarios run: $PGSWARM_MULTINODE_SCENARIOS (freeze and router-node-loss are known to fail and left out)"
+# Uses the image built above; takes the bed down also on failure. All five scenarios run:
+# node power-off, partition, freeze, drain, and the loss of the pooler's node (with a router).
+export PGSWARM_MULTINODE_SCENARIOS="${PGSWARM_MULTINODE_SCENARIOS:-node-loss,partition,freeze,drain,router-node-loss}"
+echo "multi-node scenarios run: $PGSWARM_MULTINODE_SCENARIOS"
 run_tests "multi-node end-to-end suite (a 3-node swarm on this machine, scripts/testbed.sh)" \
   tests/swarm/run-multinode.sh
 

@@ -12,11 +12,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context as _};
 use nix::sys::signal::Signal;
 use pgswarm_contract::{Common, MemberEnv, Role};
 use serde::Serialize;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::supervise::{self, ChildSpec};
 use crate::templates::{write_file, Templates};
@@ -94,6 +96,8 @@ pub struct RouterConfig {
     pub ro_fallback: bool,
     pub maxconn: u32,
     pub hard_stop_after_s: u32,
+    /// HAProxy's runtime API (a Unix socket in the run directory, the service user only).
+    pub admin_socket: String,
     /// Port of HAProxy's built-in Prometheus exporter; `None` = monitoring off.
     pub metrics_port: Option<u16>,
 }
@@ -195,6 +199,7 @@ impl RouterConfig {
                 rise: *rise,
                 ro_fallback: *ro_fallback,
                 maxconn: 4096,
+                admin_socket: admin_socket_path(common).display().to_string(),
                 hard_stop_after_s: HARD_STOP_AFTER_S,
                 metrics_port: common.metrics_port,
             })
@@ -214,6 +219,11 @@ impl RouterConfig {
 /// Where haproxy.cfg goes inside the run directory.
 pub fn config_path(common: &Common) -> PathBuf {
     PathBuf::from(&common.run_dir).join("haproxy.cfg")
+}
+
+/// Where HAProxy's runtime API listens inside the run directory.
+pub fn admin_socket_path(common: &Common) -> PathBuf {
+    PathBuf::from(&common.run_dir).join("haproxy.sock")
 }
 
 /// Renders haproxy.cfg.
@@ -259,7 +269,138 @@ fn config_of(member: &MemberEnv) -> anyhow::Result<RouterConfig> {
 pub async fn run(member: &MemberEnv, templates: &Templates) -> anyhow::Result<i32> {
     let config = config_of(member)?;
     let child = prepare(&member.common, templates, &config)?;
+    let mut backends = vec!["rw".to_string()];
+    if config.ro_fallback {
+        backends.push("ro_primary".into());
+    }
+    tokio::spawn(one_leader(config.admin_socket.clone(), backends));
     supervise::supervise(child, std::future::pending()).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// One leader in the read-write backend, at once
+
+/// How often the sidecar reads the servers' states from HAProxy's runtime API.
+const STATE_EVERY: Duration = Duration::from_millis(100);
+
+/// Keeps at most one server up in each of `backends` (those whose servers answer Patroni's
+/// `/primary`): when a server comes up there while another one is up, the newcomer is the new
+/// leader (Patroni answers `/primary` with 200 only on the member holding the leader key), and
+/// the other is marked down at once through HAProxy's runtime API (`set server … health
+/// down`), closing its sessions, instead of staying up until `fall` of its checks have failed
+/// (seconds for a killed container whose address no longer answers). Marking a server down
+/// is always safe: its next successful check brings it back. No server is ever forced up.
+async fn one_leader(socket: String, backends: Vec<String>) {
+    let mut current: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(STATE_EVERY).await;
+        let stat = match admin_command(&socket, "show stat").await {
+            Ok(stat) => stat,
+            Err(e) => {
+                let text = format!("{e:#}");
+                if text != last_error {
+                    debug!(error = %text, "cannot read HAProxy's server states yet");
+                    last_error = text;
+                }
+                continue;
+            }
+        };
+        let up = servers_up(&stat);
+        for backend in &backends {
+            let now_up = up.get(backend).cloned().unwrap_or_default();
+            let (leader, stale) = stale_leader(current.get(backend).map(String::as_str), &now_up);
+            if let Some(old) = stale {
+                let command = format!("set server {backend}/{old} health down");
+                match admin_command(&socket, &command).await {
+                    Ok(_) => info!(backend = %backend, leader = ?leader, former = %old,
+                        "a new leader is up: the former one is marked down at once"),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), %command, "cannot mark the former leader down")
+                    }
+                }
+            }
+            match leader {
+                Some(l) => {
+                    current.insert(backend.clone(), l);
+                }
+                None => {
+                    current.remove(backend);
+                }
+            }
+        }
+    }
+}
+
+/// The leader to remember for a backend and the server to mark down, from the leader
+/// remembered before and the servers up now. With one server up, that one; when a server came
+/// up beside the remembered leader, the newcomer, and the remembered one is stale; with none
+/// up, the remembered one (so the next single newcomer is recognised); with several up and no
+/// single newcomer beside the remembered leader (e.g. the router just started), nothing is
+/// decided here and the checks settle it.
+pub fn stale_leader(remembered: Option<&str>, up: &[String]) -> (Option<String>, Option<String>) {
+    match up {
+        [] => (remembered.map(str::to_string), None),
+        [only] => (Some(only.clone()), None),
+        _ => match remembered {
+            Some(r) if up.iter().any(|u| u == r) => {
+                let newcomers: Vec<&String> = up.iter().filter(|u| *u != r).collect();
+                match newcomers.as_slice() {
+                    [one] => (Some((*one).clone()), Some(r.to_string())),
+                    _ => (Some(r.to_string()), None),
+                }
+            }
+            _ => (remembered.map(str::to_string), None),
+        },
+    }
+}
+
+/// The servers up in each backend, from `show stat` (CSV with a `# pxname,svname,…` header):
+/// a status of `UP` or `UP n/m` (up, with failing checks counted).
+pub fn servers_up(stat: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lines = stat.lines();
+    let Some(header) = lines.next() else {
+        return out;
+    };
+    let columns: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
+    let index = |name: &str| columns.iter().position(|c| *c == name);
+    let (Some(px), Some(sv), Some(status)) = (index("pxname"), index("svname"), index("status"))
+    else {
+        return out;
+    };
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (Some(p), Some(n), Some(st)) = (fields.get(px), fields.get(sv), fields.get(status))
+        else {
+            continue;
+        };
+        if matches!(*n, "FRONTEND" | "BACKEND") {
+            continue;
+        }
+        if *st == "UP" || st.starts_with("UP ") {
+            out.entry(p.to_string()).or_default().push(n.to_string());
+        }
+    }
+    out
+}
+
+/// One command on HAProxy's runtime API (one connection per command: HAProxy answers and
+/// closes).
+async fn admin_command(socket: &str, command: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let talk = async {
+        let mut stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .with_context(|| format!("cannot connect to HAProxy's runtime API at {socket}"))?;
+        stream.write_all(format!("{command}\n").as_bytes()).await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok::<_, anyhow::Error>(answer)
+    };
+    tokio::time::timeout(Duration::from_secs(1), talk)
+        .await
+        .with_context(|| format!("HAProxy's runtime API did not answer `{command}` within 1 s"))?
 }
 
 /// Health: every port of the router accepts connections.
@@ -386,6 +527,56 @@ mod tests {
         for word in ["option tcpka", "option clitcpka", "option srvtcpka"] {
             assert!(text.contains(word), "{word}");
         }
+    }
+
+    #[test]
+    fn a_server_coming_up_beside_the_leader_makes_the_leader_stale() {
+        let up = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let some = |n: &str| Some(n.to_string());
+        // The usual state: one leader.
+        assert_eq!(stale_leader(None, &up(&["pg1"])), (some("pg1"), None));
+        assert_eq!(
+            stale_leader(Some("pg1"), &up(&["pg1"])),
+            (some("pg1"), None)
+        );
+        // pg2 promoted while pg1 still passes its last check: pg1 goes down at once.
+        assert_eq!(
+            stale_leader(Some("pg1"), &up(&["pg1", "pg2"])),
+            (some("pg2"), some("pg1"))
+        );
+        // Nobody up: the former leader is remembered.
+        assert_eq!(stale_leader(Some("pg1"), &[]), (some("pg1"), None));
+        // Several up with nothing remembered (a fresh router), or two newcomers: the checks
+        // decide, nothing is forced.
+        assert_eq!(stale_leader(None, &up(&["pg1", "pg2"])), (None, None));
+        assert_eq!(
+            stale_leader(Some("pg1"), &up(&["pg1", "pg2", "pg3"])),
+            (some("pg1"), None)
+        );
+        assert_eq!(
+            stale_leader(Some("pg3"), &up(&["pg1", "pg2"])),
+            (some("pg3"), None)
+        );
+    }
+
+    #[test]
+    fn server_states_come_from_show_stat() {
+        let stat = "# pxname,svname,qcur,status,weight\n\
+                    rw,FRONTEND,0,OPEN,\n\
+                    rw,pg1,0,UP,1\n\
+                    rw,pg2,0,DOWN,1\n\
+                    rw,pg3,0,UP 1/2,1\n\
+                    rw,BACKEND,0,UP,2\n\
+                    ro_replicas,pg2,0,DOWN 1/2,1\n\
+                    ro_primary,pg1,0,MAINT,1\n";
+        let up = servers_up(stat);
+        assert_eq!(
+            up.get("rw"),
+            Some(&vec!["pg1".to_string(), "pg3".to_string()])
+        );
+        assert_eq!(up.get("ro_replicas"), None);
+        assert_eq!(up.get("ro_primary"), None);
+        assert!(servers_up("").is_empty());
     }
 
     #[test]

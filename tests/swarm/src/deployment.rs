@@ -368,6 +368,19 @@ impl Deployment {
         Ok(ids.into_iter().next())
     }
 
+    /// Every running container of `key` (one per task: a router may have several), on the
+    /// nodes whose engines answer.
+    pub async fn containers(&self, key: &str) -> Result<Vec<String>> {
+        ps_all_nodes(&[
+            "-q",
+            "--filter",
+            &format!("label={SERVICE_LABEL}={}", self.service_name(key)),
+            "--filter",
+            "status=running",
+        ])
+        .await
+    }
+
     /// The running container of `key`, waiting for one up to `timeout`.
     pub async fn wait_container(&self, key: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;

@@ -500,8 +500,9 @@ impl MultiNodeCluster {
         Ok(report)
     }
 
-    /// Scenario 5: the node running the router (and the pooler, when they share it) powered
-    /// off: Swarm reschedules them on another node, and the clients reconnect there.
+    /// Scenario 5: the node running the pooler and, when one is there, a router (the bed's
+    /// cluster runs two routers on two nodes) powered off: Swarm reschedules them on live
+    /// nodes, clients reconnect through the other router and the rescheduled pooler.
     pub async fn router_node_loss(&mut self) -> Result<NodeScenarioReport> {
         let table = self.next_table("router_node_loss");
         let cluster = &self.cluster;
@@ -509,8 +510,12 @@ impl MultiNodeCluster {
         let before = identities(cluster).await?;
         let router_key = cluster.dep.stack.only_service(Mode::Router)?.key;
         let pooler_key = cluster.dep.stack.only_service(Mode::Pooler)?.key;
-        let node = self.node_of(&router_key).await?;
-        let pooler_node = self.node_of(&pooler_key).await?;
+        let node = self.node_of(&pooler_key).await?;
+        let mut router_nodes = Vec::new();
+        for container in cluster.dep.containers(&router_key).await? {
+            router_nodes.push(self.bed.node_of_container(&container)?.name.clone());
+        }
+        let routers = router_nodes.len();
         let old_leader = cluster.leader().await?;
         let member_containers = {
             let mut out = Vec::new();
@@ -526,26 +531,38 @@ impl MultiNodeCluster {
         self.bed.use_manager_other_than(&node)?;
         let probes = Probes::start(cluster, &table).await?;
         tokio::time::sleep(BASELINE).await;
-        info!(node = %node.name, router = %router_key, pooler_node = %pooler_node.name,
-              "powering off the router's node");
+        info!(node = %node.name, routers = ?router_nodes, pooler = %pooler_key,
+              "powering off the pooler's node");
         let at = Instant::now();
         let outcome = async {
             self.bed.power_off(&node).await?;
-            for key in [&router_key, &pooler_key] {
-                wait_until(
-                    &format!("{key} running on a node other than {}", node.name),
-                    RECOVERY_TIMEOUT,
-                    || async {
-                        let now = self.node_of(key).await;
-                        Ok(match now {
-                            Ok(n) if n.name != node.name => Check::Done,
-                            Ok(n) => Check::Pending(format!("on {}", n.name)),
-                            Err(e) => Check::Pending(format!("{e:#}")),
-                        })
-                    },
-                )
-                .await?;
-            }
+            wait_until(
+                &format!("{pooler_key} running on a node other than {}", node.name),
+                RECOVERY_TIMEOUT,
+                || async {
+                    let now = self.node_of(&pooler_key).await;
+                    Ok(match now {
+                        Ok(n) if n.name != node.name => Check::Done,
+                        Ok(n) => Check::Pending(format!("on {}", n.name)),
+                        Err(e) => Check::Pending(format!("{e:#}")),
+                    })
+                },
+            )
+            .await?;
+            // Swarm brings the routers back to their number on the live nodes.
+            wait_until(
+                &format!("{routers} {router_key} tasks running on live nodes"),
+                RECOVERY_TIMEOUT,
+                || async {
+                    let running = cluster.dep.containers(&router_key).await?.len();
+                    Ok(if running >= routers {
+                        Check::Done
+                    } else {
+                        Check::Pending(format!("{running} running"))
+                    })
+                },
+            )
+            .await?;
             // Clients reconnect through the rescheduled router and pooler.
             wait_until(
                 "writes acknowledged again through the router and the pooler",
