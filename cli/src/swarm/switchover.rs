@@ -160,6 +160,17 @@ pub async fn write_check(
     Ok(reply.server)
 }
 
+/// The member patronictl reports having switched over to (`Successfully switched over to
+/// "pg2"`), if it says so.
+fn switched_to(output: &str) -> Option<String> {
+    let line = output
+        .lines()
+        .find(|l| l.contains("Successfully switched over to"))?;
+    let rest = line.split("Successfully switched over to").nth(1)?.trim();
+    let name = rest.trim_matches(|c: char| c == '"' || c == '\'' || c.is_whitespace());
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// Where writes go: the router's read-write port, or the member itself without a router.
 /// The router is addressed as `tasks.<router>`, its tasks' own addresses: the write then goes
 /// through HAProxy without depending on the service's virtual IP (IPVS), which some kernels
@@ -406,33 +417,43 @@ async fn switch(
     }
 
     let deadline = started + timeout;
-    let (host, port) = loop {
-        let views = docker_view(engine, cluster, nodes).await?;
-        let now = db_view(engine, cluster, &views).await.ok();
-        let new = now.as_ref().and_then(|db| {
-            in_group
-                .iter()
-                .find(|s| {
-                    db.get(&s.name)
-                        .is_some_and(|r| r.role == "leader" && r.state == "running")
-                })
-                .map(|s| s.name.clone())
-        });
-        match new {
-            Some(n) if n != leader && target.is_none_or(|t| t.name == n) => {
-                progress.say(&format!("Patroni lists {n} as the running leader"));
-                break write_target(cluster, &n);
+    // Patroni answers once the switch is done and names the new leader: no need to wait
+    // for a listing then (every second counts while the pooler holds its clients).
+    let announced = switched_to(&out).filter(|n| {
+        n != leader && in_group.iter().any(|s| &s.name == n) && target.is_none_or(|t| &t.name == n)
+    });
+    let (host, port) = if let Some(n) = announced {
+        progress.say(&format!("Patroni switched over to {n}"));
+        write_target(cluster, &n)
+    } else {
+        loop {
+            let views = docker_view(engine, cluster, nodes).await?;
+            let now = db_view(engine, cluster, &views).await.ok();
+            let new = now.as_ref().and_then(|db| {
+                in_group
+                    .iter()
+                    .find(|s| {
+                        db.get(&s.name)
+                            .is_some_and(|r| r.role == "leader" && r.state == "running")
+                    })
+                    .map(|s| s.name.clone())
+            });
+            match new {
+                Some(n) if n != leader && target.is_none_or(|t| t.name == n) => {
+                    progress.say(&format!("Patroni lists {n} as the running leader"));
+                    break write_target(cluster, &n);
+                }
+                _ => progress.update("waiting for Patroni to list the new leader"),
             }
-            _ => progress.update("waiting for Patroni to list the new leader"),
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the switchover from {leader} was requested, but Patroni lists no new running \
+            if Instant::now() >= deadline {
+                bail!(
+                    "the switchover from {leader} was requested, but Patroni lists no new running \
                  leader after {} s; see `swarmctl status`",
-                timeout.as_secs()
-            );
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let mut views = docker_view(engine, cluster, nodes).await?;
     let server = loop {
@@ -455,4 +476,19 @@ async fn switch(
         }
     };
     Ok((host, port, server, started))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_new_leader_is_read_from_patronictls_answer() {
+        let out = "Current cluster topology\n+ Cluster: demo ...\n\
+                   2026-12-03 14:11:21.12345 Successfully switched over to \"pg2\"\n\
+                   + Cluster: demo ...\n";
+        assert_eq!(switched_to(out), Some("pg2".to_string()));
+        assert_eq!(switched_to("Switchover failed, details: 503, ..."), None);
+        assert_eq!(switched_to(""), None);
+    }
 }
