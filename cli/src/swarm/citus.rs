@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::spec::{Cluster, ServiceKind, Topology};
 
-use super::exec::exec;
+use super::job;
 use super::nodes::{self, NodeView};
 use super::progress::Progress;
 use super::status::{self, db_view, docker_view, ServiceView};
@@ -405,11 +405,12 @@ struct Coordinator<'a> {
 }
 
 impl Coordinator<'_> {
-    /// A running container on this node that holds the superuser secret, and where the
-    /// coordinator's primary is reached from it.
-    async fn route(&self) -> anyhow::Result<(String, String, u16)> {
+    /// A running container on this node that holds the superuser secret (none: the query
+    /// runs in a one-off task on the cluster's network), and where the coordinator's primary
+    /// is reached from it.
+    async fn route(&self) -> anyhow::Result<(Option<String>, String, u16)> {
         let views = docker_view(self.engine, self.cluster, &self.nodes).await?;
-        let container = status::superuser_container(self.cluster, &views)?;
+        let container = status::superuser_container(self.cluster, &views).ok();
         // The leader by its service name (DNS round robin to its one task), not the router:
         // nothing between, and no dependence on the router's virtual IP.
         let leader = coordinator_leader(self.engine, self.cluster, &views).await?;
@@ -432,7 +433,7 @@ impl Coordinator<'_> {
         };
         let argv = request.argv();
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = exec(self.engine, &container, &argv)
+        let out = job::run_ctl(self.engine, self.cluster, container.as_deref(), &argv)
             .await
             .map_err(QueryError::Exec)?;
         Ok(ctl::read_reply(out.exit_code, &out.stdout, &out.stderr)?)
