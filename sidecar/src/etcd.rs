@@ -321,6 +321,54 @@ pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
     ))
 }
 
+/// What etcd member `target` answers from here: whether its peer port answers (the process
+/// runs; with the cluster version it reports) and whether its client port's `/health`
+/// reports a leader. For `swarmctl doctor`, which must tell a lost quorum from a slow member.
+pub async fn member_status(
+    target: &pgswarm_contract::ctl::EtcdTarget,
+) -> pgswarm_contract::ctl::EtcdMemberStatus {
+    const PROBE: Duration = Duration::from_secs(3);
+    let (peer, health) = tokio::join!(
+        http::get(&target.host, target.peer_port, "/version", PROBE),
+        http::get(&target.host, target.client_port, "/health", PROBE)
+    );
+    let mut detail = Vec::new();
+    let running = match &peer {
+        Ok((200, body)) => {
+            detail.push(format!("peer port: {}", body.trim()));
+            true
+        }
+        Ok((code, body)) => {
+            detail.push(format!("peer port: {code} {}", body.trim()));
+            true
+        }
+        Err(e) => {
+            detail.push(format!("peer port: {e:#}"));
+            false
+        }
+    };
+    let has_leader = match &health {
+        Ok((200, body)) if body.contains("true") => {
+            detail.push("health: has a leader".to_string());
+            true
+        }
+        Ok((code, body)) => {
+            detail.push(format!("health: {code} {} (no leader)", body.trim()));
+            false
+        }
+        Err(e) => {
+            detail.push(format!("health: {e:#}"));
+            false
+        }
+    };
+    pgswarm_contract::ctl::EtcdMemberStatus {
+        name: target.name.clone(),
+        running,
+        has_leader,
+        detail: detail.join("; "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,6 +173,41 @@ fn an_etcd_member_is_healthy_before_its_cluster_has_a_quorum() {
     };
     assert!(!out.contains("has a leader"), "{out}");
     assert!(out.contains("accepting peers"), "{out}");
+
+    // What `swarmctl doctor` asks: etcd1 runs without a leader, etcd2 does not answer.
+    let member_arg = |name: &str, peer: u16| format!("{name}=127.0.0.1:{client_port}:{peer}");
+    let etcd2 = format!("etcd2=127.0.0.1:{}:{}", free_port(), absent[0]);
+    let (code, out) = Sidecar::start(
+        "etcd-status",
+        &env_of(&member),
+        &[
+            "ctl",
+            "etcd-status",
+            "--member",
+            &member_arg("etcd1", peer_port),
+            "--member",
+            &etcd2,
+        ],
+        dir.path(),
+    )
+    .finish(PATIENCE);
+    assert_eq!(code, 0, "{out}");
+    let reply: pgswarm_contract::ctl::EtcdStatusReply = serde_json::from_str(
+        out.lines()
+            .find(|l| l.starts_with("{\"members\""))
+            .unwrap_or_else(|| panic!("no reply in {out}")),
+    )
+    .expect("the etcd-status reply");
+    assert_eq!(
+        reply
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), m.running, m.has_leader))
+            .collect::<Vec<_>>(),
+        vec![("etcd1", true, false), ("etcd2", false, false)],
+        "{out}"
+    );
+    assert!(!reply.has_quorum());
     assert!(
         post(client_port, "/v3/kv/range", r#"{"key": "cGdzd2FybQ=="}"#).is_err(),
         "a member without quorum serves no reads"
