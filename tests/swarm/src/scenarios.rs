@@ -779,6 +779,13 @@ pub async fn etcd_volume_lost(cluster: &PatroniCluster, key: &str) -> Result<()>
         },
     )
     .await?;
+    // With the member gone, doctor (asking from a one-off task, as a manager that runs no
+    // member does) names it and says the quorum holds without it.
+    let line = doctor_etcd_line(cluster, true).await?;
+    ensure!(
+        line.contains("warn") && line.contains("quorum held by 2 of 3") && line.contains(key),
+        "doctor with {key} stopped: {line}"
+    );
     crate::docker::docker_each_node_async(&["volume", "rm", "-f", &volume]).await?;
     let still = crate::docker::docker_each_node_async(&[
         "volume",
@@ -829,7 +836,34 @@ pub async fn etcd_volume_lost(cluster: &PatroniCluster, key: &str) -> Result<()>
         "{key} rejoined, but its log does not say it replaced its stale entry:\n{logs}"
     );
     cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let line = doctor_etcd_line(cluster, false).await?;
+    ensure!(
+        line.contains("all 3 members see a leader"),
+        "doctor after {key} rejoined: {line}"
+    );
     Ok(())
+}
+
+/// The `etcd quorum` line of `swarmctl doctor` (its other checks depend on the machine and
+/// are not judged here); `remote`: asked through a one-off task (`SWARMCTL_REMOTE=1`).
+async fn doctor_etcd_line(cluster: &PatroniCluster, remote: bool) -> Result<String> {
+    let mut cmd = tokio::process::Command::new(crate::image::swarmctl_path());
+    cmd.arg("doctor").arg("-f").arg(cluster.dep.spec_path());
+    if remote {
+        cmd.env("SWARMCTL_REMOTE", "1");
+    }
+    let out = cmd.output().await.context("cannot run swarmctl doctor")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.contains("etcd quorum"))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            anyhow!(
+                "swarmctl doctor printed no etcd quorum line ({}): {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 /// Where a member's data directory is inside its container (the image's default data root).
