@@ -328,21 +328,24 @@ pub async fn member_status(
     target: &pgswarm_contract::ctl::EtcdTarget,
 ) -> pgswarm_contract::ctl::EtcdMemberStatus {
     const PROBE: Duration = Duration::from_secs(3);
-    let (peer, health) = tokio::join!(
+    // etcd binds its peer port before it serves it (and its client port before it has a
+    // quorum): an accepted connection means the process runs, as for the healthcheck.
+    let (listening, peer, health) = tokio::join!(
+        http::listening(&target.host, target.peer_port, PROBE),
         http::get(&target.host, target.peer_port, "/version", PROBE),
         http::get(&target.host, target.client_port, "/health", PROBE)
     );
     let mut detail = Vec::new();
-    let running = match &peer {
-        Ok((200, body)) => {
-            detail.push(format!("peer port: {}", body.trim()));
-            true
-        }
-        Ok((code, body)) => {
+    let running = match (&listening, &peer) {
+        (_, Ok((code, body))) => {
             detail.push(format!("peer port: {code} {}", body.trim()));
             true
         }
-        Err(e) => {
+        (Ok(()), Err(_)) => {
+            detail.push("peer port: accepts connections, no answer yet".to_string());
+            true
+        }
+        (Err(e), _) => {
             detail.push(format!("peer port: {e:#}"));
             false
         }

@@ -16,6 +16,16 @@ use std::time::Duration;
 use common::*;
 use pgswarm_contract::{EtcdPeer, MemberEnv, Role};
 
+/// The tests of this file run one at a time: each starts etcd on ports picked free
+/// beforehand, and another test's connections could take such a port in between.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// POSTs `body` to etcd's gRPC gateway at `path`; the response body.
 fn post(port: u16, path: &str, body: &str) -> Result<String, String> {
     let mut stream =
@@ -46,6 +56,7 @@ fn post(port: u16, path: &str, body: &str) -> Result<String, String> {
 
 #[test]
 fn an_etcd_member_keeps_its_data_across_a_restart() {
+    let _serial = serial();
     let dir = TestDir::new();
     let (client_port, peer_port) = (free_port(), free_port());
     let member = MemberEnv {
@@ -113,6 +124,7 @@ fn an_etcd_member_keeps_its_data_across_a_restart() {
 
 #[test]
 fn an_etcd_member_is_healthy_before_its_cluster_has_a_quorum() {
+    let _serial = serial();
     let dir = TestDir::new();
     let (client_port, peer_port) = (free_port(), free_port());
     // The two other members are never started: this member can never reach a quorum.
@@ -246,6 +258,7 @@ fn poll<T>(what: &str, members: &mut [&mut Sidecar], mut check: impl FnMut() -> 
 
 #[test]
 fn an_etcd_member_whose_data_is_lost_rejoins_through_the_majority() {
+    let _serial = serial();
     let dir = TestDir::new();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let peers: Vec<EtcdPeer> = ports

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use pgswarm_contract::{Common, EtcdPeer};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{host_port, EtcdPlan};
 use crate::http;
@@ -133,31 +133,64 @@ pub fn initial_cluster(
     entries.join(",")
 }
 
+/// What one peer port said about the cluster.
+enum Witness {
+    /// It reports a formed cluster.
+    Formed(String),
+    /// It answered: a cluster still forming, or not an etcd at all.
+    NotFormed,
+    /// It accepted the connection but did not answer in time (etcd binds its peer port
+    /// before it serves it), so it may yet report a formed cluster.
+    Silent,
+    /// Nothing to ask: not resolvable, nothing listening.
+    Absent,
+}
+
+/// Rounds of asking while a peer port stays silent.
+const WITNESS_ROUNDS: usize = 3;
+
 /// The name of another member that reports a formed cluster on its peer port, if any does.
+/// A peer that accepts connections without answering is asked again (up to
+/// [`WITNESS_ROUNDS`] rounds): a slow answer must not be taken for "no cluster", which would
+/// start this member as one of a new cluster, something etcd then refuses.
 async fn formed_cluster_witness(others: &[EtcdPeer]) -> Option<String> {
-    let mut probes = tokio::task::JoinSet::new();
-    for peer in others {
-        let Some((host, port)) = host_port(&peer.peer_url) else {
-            continue;
-        };
-        let name = peer.name.clone();
-        probes.spawn(async move {
-            // A slow answer must not be taken for "no cluster": that would start this
-            // member as in a new cluster, which etcd refuses.
-            match http::get(&host, port, "/version", WITNESS_TIMEOUT).await {
-                Ok((200, body))
-                    if body.contains("etcdcluster") && !body.contains("not_decided") =>
-                {
-                    Some(name)
+    for round in 1..=WITNESS_ROUNDS {
+        let mut probes = tokio::task::JoinSet::new();
+        for peer in others {
+            let Some((host, port)) = host_port(&peer.peer_url) else {
+                continue;
+            };
+            let name = peer.name.clone();
+            probes.spawn(async move {
+                let answer = http::get(&host, port, "/version", WITNESS_TIMEOUT).await;
+                match answer {
+                    Ok((200, body))
+                        if body.contains("etcdcluster") && !body.contains("not_decided") =>
+                    {
+                        Witness::Formed(name)
+                    }
+                    Ok(_) => Witness::NotFormed,
+                    Err(e) if format!("{e:#}").contains("no answer from") => Witness::Silent,
+                    Err(_) => Witness::Absent,
                 }
-                _ => None,
-            }
-        });
-    }
-    while let Some(done) = probes.join_next().await {
-        if let Ok(Some(name)) = done {
-            return Some(name);
+            });
         }
+        let mut silent = false;
+        while let Some(done) = probes.join_next().await {
+            match done {
+                Ok(Witness::Formed(name)) => return Some(name),
+                Ok(Witness::Silent) => silent = true,
+                _ => {}
+            }
+        }
+        if !silent {
+            return None;
+        }
+        warn!(
+            round,
+            "an etcd peer accepts connections but does not answer yet; asking again whether \
+             the cluster has formed"
+        );
     }
     None
 }
