@@ -91,6 +91,85 @@ pub enum Request {
         target: Target,
         objects: crate::objects::Objects,
     },
+    /// Ask every etcd member whether it runs (its peer port) and sees a leader (`/health` on
+    /// its client port); answers [`EtcdStatusReply`]. Needs no secret: any container on the
+    /// cluster's network can run it.
+    EtcdStatus { members: Vec<EtcdTarget> },
+}
+
+/// One etcd member for [`Request::EtcdStatus`]: its name and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTarget {
+    pub name: String,
+    pub host: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+impl EtcdTarget {
+    /// `NAME=HOST:CLIENT_PORT:PEER_PORT`, the form of `--member`.
+    pub fn to_arg(&self) -> String {
+        format!(
+            "{}={}:{}:{}",
+            self.name, self.host, self.client_port, self.peer_port
+        )
+    }
+
+    /// Reads [`Self::to_arg`]'s form.
+    pub fn parse(arg: &str) -> Result<Self, String> {
+        let bad = || format!("{arg:?} is not NAME=HOST:CLIENT_PORT:PEER_PORT");
+        let (name, rest) = arg.split_once('=').ok_or_else(bad)?;
+        let mut parts = rest.rsplitn(3, ':');
+        let peer_port = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let client_port = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let host = parts.next().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+        if name.is_empty() {
+            return Err(bad());
+        }
+        Ok(EtcdTarget {
+            name: name.to_string(),
+            host: host.to_string(),
+            client_port,
+            peer_port,
+        })
+    }
+}
+
+/// What `etcd-status` answers: each member as the asking container sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdStatusReply {
+    pub members: Vec<EtcdMemberStatus>,
+}
+
+/// One etcd member's answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdMemberStatus {
+    pub name: String,
+    /// Its peer port answered: the etcd process runs.
+    pub running: bool,
+    /// Its client port's `/health` reported a leader: it is part of a quorum.
+    pub has_leader: bool,
+    /// What it answered, or why it did not.
+    pub detail: String,
+}
+
+impl EtcdStatusReply {
+    /// The members that see a leader.
+    pub fn with_leader(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|m| m.has_leader)
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+
+    /// Whether a majority of the members sees a leader.
+    pub fn has_quorum(&self) -> bool {
+        self.with_leader().len() > self.members.len() / 2
+    }
 }
 
 impl Request {
@@ -102,6 +181,7 @@ impl Request {
             Request::PoolerPause { .. } => "pooler-pause",
             Request::PoolerResume { .. } => "pooler-resume",
             Request::Patronictl { .. } => "patronictl",
+            Request::EtcdStatus { .. } => "etcd-status",
             Request::ApplyObjects { .. } => "apply-objects",
         }
     }
@@ -136,6 +216,11 @@ impl Request {
                 target.push_args(&mut argv);
                 let json = serde_json::to_string(objects).unwrap_or_default();
                 argv.extend(["--objects".into(), json]);
+            }
+            Request::EtcdStatus { members } => {
+                for m in members {
+                    argv.extend(["--member".into(), m.to_arg()]);
+                }
             }
         }
         argv
@@ -322,6 +407,45 @@ mod tests {
             Request::PoolerResume { port: 6432 }.argv()[2..],
             ["pooler-resume", "--port", "6432"]
         );
+    }
+
+    #[test]
+    fn etcd_targets_round_trip_through_their_argument() {
+        let t = EtcdTarget {
+            name: "etcd1".into(),
+            host: "etcd1".into(),
+            client_port: 2379,
+            peer_port: 2380,
+        };
+        assert_eq!(t.to_arg(), "etcd1=etcd1:2379:2380");
+        assert_eq!(EtcdTarget::parse(&t.to_arg()), Ok(t.clone()));
+        let argv = Request::EtcdStatus {
+            members: vec![t.clone()],
+        }
+        .argv();
+        assert_eq!(
+            &argv[1..],
+            ["ctl", "etcd-status", "--member", "etcd1=etcd1:2379:2380"]
+        );
+        for bad in ["etcd1", "etcd1=etcd1:2379", "=h:1:2", "e=:1:2", "e=h:x:2"] {
+            assert!(EtcdTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_quorum_is_a_majority_seeing_a_leader() {
+        let member = |name: &str, has_leader: bool| EtcdMemberStatus {
+            name: name.into(),
+            running: true,
+            has_leader,
+            detail: String::new(),
+        };
+        let reply = |l: [bool; 3]| EtcdStatusReply {
+            members: vec![member("a", l[0]), member("b", l[1]), member("c", l[2])],
+        };
+        assert!(reply([true, true, false]).has_quorum());
+        assert!(!reply([true, false, false]).has_quorum());
+        assert_eq!(reply([true, false, true]).with_leader(), vec!["a", "c"]);
     }
 
     #[test]

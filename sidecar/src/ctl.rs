@@ -15,7 +15,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::Subcommand;
 use pgswarm_contract::ctl::{
-    ApplyObjectsReply, CtlError, ErrorKind, PoolerReply, QueryReply, WriteCheckReply,
+    ApplyObjectsReply, CtlError, ErrorKind, EtcdStatusReply, EtcdTarget, PoolerReply, QueryReply,
+    WriteCheckReply,
 };
 use pgswarm_contract::objects::Objects;
 use pgswarm_contract::{MemberEnv, Role, Secret};
@@ -114,6 +115,13 @@ pub enum CtlCommand {
         /// The declared objects, as JSON (`pgswarm_contract::objects::Objects`).
         #[arg(long)]
         objects: String,
+    },
+    /// Ask each etcd member whether it runs (peer port) and sees a leader (`/health`); print
+    /// `{"members": [{"name", "running", "has_leader", "detail"}]}`. Needs no secret.
+    EtcdStatus {
+        /// NAME=HOST:CLIENT_PORT:PEER_PORT, once per member.
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
     },
     /// Run psql against HOST:PORT as the superuser, the password handed to psql through a
     /// passfile readable only by this user and removed when psql ends (never in an
@@ -239,6 +247,29 @@ async fn dispatch(member: &MemberEnv, command: CtlCommand) -> Result<String, Ctl
                 paused: true,
                 waited_ms: waited.as_millis() as u64,
                 was_paused: false,
+            }))
+        }
+        CtlCommand::EtcdStatus { members } => {
+            let targets = members
+                .iter()
+                .map(|m| EtcdTarget::parse(m))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CtlError::new(ErrorKind::Refused, format!("--member {e}")))?;
+            let mut probes = tokio::task::JoinSet::new();
+            for (i, target) in targets.into_iter().enumerate() {
+                probes
+                    .spawn(async move { (i, pgswarm_sidecar::etcd::member_status(&target).await) });
+            }
+            let mut answers = Vec::new();
+            while let Some(done) = probes.join_next().await {
+                let (i, status) = done.map_err(|e| {
+                    CtlError::new(ErrorKind::Refused, format!("an etcd probe failed: {e}"))
+                })?;
+                answers.push((i, status));
+            }
+            answers.sort_by_key(|(i, _)| *i);
+            json(serde_json::to_string(&EtcdStatusReply {
+                members: answers.into_iter().map(|(_, s)| s).collect(),
             }))
         }
         CtlCommand::PoolerResume { port } => {

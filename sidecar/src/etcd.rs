@@ -5,7 +5,9 @@
 //! (trixie) both accept. The member advertises itself by the host of its own entry in the
 //! initial cluster (its service name on Swarm), so the peer and client addresses it announces
 //! always agree with what the other members were told. A data directory that already holds a
-//! member is started as it is: etcd then ignores the `--initial-*` flags.
+//! member is started as it is: etcd then ignores the `--initial-*` flags. An empty data
+//! directory while the cluster has formed already (a lost volume) rejoins it through the
+//! healthy majority ([`rejoin`]).
 //!
 //! Patroni's etcd3 client talks to etcd's gRPC gateway (`/v3/...`), which both versions serve
 //! on the client port by default (`--enable-grpc-gateway` defaults to true).
@@ -21,6 +23,8 @@ use tracing::{info, warn};
 
 use crate::supervise::{self, ChildSpec};
 use crate::{http, ConfigError};
+
+pub mod rejoin;
 
 /// An error in the etcd part of the contract.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,10 +61,31 @@ pub struct EtcdPlan {
     pub args: Vec<String>,
     /// The host this member advertises (from its initial-cluster entry).
     pub advertise_host: String,
-    /// Whether the data directory already holds a member (a restart, not a first start).
+    /// Whether the data directory already holds a member (a restart, not a first start):
+    /// its write-ahead log exists, the test etcd itself applies.
     pub existing_member: bool,
     /// The number of members of the initial cluster.
     pub cluster_size: usize,
+    /// The members of the initial cluster (this one included).
+    pub peers: Vec<EtcdPeer>,
+    /// This member's peer URL.
+    pub peer_url: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+impl EtcdPlan {
+    /// Starts this member as a new member of the existing cluster whose members are
+    /// `initial_cluster` (from [`rejoin::prepare`]).
+    pub fn join_existing(&mut self, initial_cluster: &str) {
+        for arg in &mut self.args {
+            if arg.starts_with("--initial-cluster=") {
+                *arg = format!("--initial-cluster={initial_cluster}");
+            } else if arg.starts_with("--initial-cluster-state=") {
+                *arg = "--initial-cluster-state=existing".to_string();
+            }
+        }
+    }
 }
 
 /// Splits `http://host:port` into host and port.
@@ -73,6 +98,42 @@ fn host_port(url: &str) -> Option<(String, u16)> {
         return None;
     }
     Some((host.to_string(), port))
+}
+
+/// Whether `dir` holds a member's write-ahead log (`member/wal/*.wal`): what etcd itself
+/// checks to tell a restart from a first start.
+fn has_wal(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("member").join("wal"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "wal"))
+        })
+        .unwrap_or(false)
+}
+
+/// Moves aside what an aborted first start left (a `member` folder without a write-ahead
+/// log, such as the backend etcd creates before it refuses to bootstrap a member the
+/// cluster already knows), so the next start begins clean. Kept, not deleted.
+fn set_aside_aborted_start(dir: &Path) -> anyhow::Result<()> {
+    let member = dir.join("member");
+    if !member.exists() {
+        return Ok(());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let aside = dir.join(format!("member.aborted-{stamp}"));
+    std::fs::rename(&member, &aside)
+        .with_context(|| format!("moving {} aside to {}", member.display(), aside.display()))?;
+    warn!(
+        from = %member.display(),
+        to = %aside.display(),
+        "the data directory holds a member folder without a write-ahead log (an aborted \
+         first start); moved it aside"
+    );
+    Ok(())
 }
 
 /// Where etcd keeps its data: `<data root>/etcd`.
@@ -140,7 +201,7 @@ fn plan_member(
         });
     }
     let dir = data_dir(common);
-    let existing_member = dir.join("member").is_dir();
+    let existing_member = has_wal(&dir);
     let cluster = initial_cluster
         .iter()
         .map(|p| format!("{}={}", p.name, p.peer_url))
@@ -168,6 +229,10 @@ fn plan_member(
         advertise_host: host,
         existing_member,
         cluster_size: initial_cluster.len(),
+        peers: initial_cluster.to_vec(),
+        peer_url: me.peer_url.clone(),
+        client_port,
+        peer_port,
     })
 }
 
@@ -182,7 +247,7 @@ pub async fn run(member: &MemberEnv) -> anyhow::Result<i32> {
     let Some(plan) = plan(&member.common, &member.role) else {
         bail!("mode {} is not an etcd member", member.mode());
     };
-    let plan = plan.map_err(|e| ConfigError(e.to_string()))?;
+    let mut plan = plan.map_err(|e| ConfigError(e.to_string()))?;
     if plan.cluster_size % 2 == 0 {
         warn!(
             members = plan.cluster_size,
@@ -195,8 +260,18 @@ pub async fn run(member: &MemberEnv) -> anyhow::Result<i32> {
         .with_context(|| format!("creating {}", plan.data_dir.display()))?;
     std::fs::set_permissions(&plan.data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting mode 0700 on {}", plan.data_dir.display()))?;
+    if !plan.existing_member {
+        set_aside_aborted_start(&plan.data_dir)?;
+    }
     if plan.existing_member {
         info!(data_dir = %plan.data_dir.display(), "restarting the existing etcd member from its data");
+    } else if let Some(initial_cluster) = rejoin::prepare(&plan, &member.common).await? {
+        plan.join_existing(&initial_cluster);
+        info!(
+            data_dir = %plan.data_dir.display(),
+            initial_cluster = %initial_cluster,
+            "starting as a new member of the existing etcd cluster"
+        );
     } else {
         info!(
             data_dir = %plan.data_dir.display(),
@@ -244,6 +319,57 @@ pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
     Ok(format!(
         "etcd accepting peers on port {peer_port}; {quorum}"
     ))
+}
+
+/// What etcd member `target` answers from here: whether its peer port answers (the process
+/// runs; with the cluster version it reports) and whether its client port's `/health`
+/// reports a leader. For `swarmctl doctor`, which must tell a lost quorum from a slow member.
+pub async fn member_status(
+    target: &pgswarm_contract::ctl::EtcdTarget,
+) -> pgswarm_contract::ctl::EtcdMemberStatus {
+    const PROBE: Duration = Duration::from_secs(3);
+    // etcd binds its peer port before it serves it (and its client port before it has a
+    // quorum): an accepted connection means the process runs, as for the healthcheck.
+    let (listening, peer, health) = tokio::join!(
+        http::listening(&target.host, target.peer_port, PROBE),
+        http::get(&target.host, target.peer_port, "/version", PROBE),
+        http::get(&target.host, target.client_port, "/health", PROBE)
+    );
+    let mut detail = Vec::new();
+    let running = match (&listening, &peer) {
+        (_, Ok((code, body))) => {
+            detail.push(format!("peer port: {code} {}", body.trim()));
+            true
+        }
+        (Ok(()), Err(_)) => {
+            detail.push("peer port: accepts connections, no answer yet".to_string());
+            true
+        }
+        (Err(e), _) => {
+            detail.push(format!("peer port: {e:#}"));
+            false
+        }
+    };
+    let has_leader = match &health {
+        Ok((200, body)) if body.contains("true") => {
+            detail.push("health: has a leader".to_string());
+            true
+        }
+        Ok((code, body)) => {
+            detail.push(format!("health: {code} {} (no leader)", body.trim()));
+            false
+        }
+        Err(e) => {
+            detail.push(format!("health: {e:#}"));
+            false
+        }
+    };
+    pgswarm_contract::ctl::EtcdMemberStatus {
+        name: target.name.clone(),
+        running,
+        has_leader,
+        detail: detail.join("; "),
+    }
 }
 
 #[cfg(test)]
@@ -307,7 +433,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = common("etcd1");
         c.data_root = dir.path().display().to_string();
+        // A member folder without a write-ahead log is an aborted start, not a member.
         std::fs::create_dir_all(dir.path().join("etcd/member/wal")).unwrap();
+        std::fs::write(dir.path().join("etcd/member/snap.db"), "").unwrap();
+        assert!(
+            !plan_member(&c, &cluster(), 2379, 2380)
+                .unwrap()
+                .existing_member
+        );
+        set_aside_aborted_start(&dir.path().join("etcd")).unwrap();
+        assert!(!dir.path().join("etcd/member").exists());
+        std::fs::create_dir_all(dir.path().join("etcd/member/wal")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("etcd/member/wal/0000000000000000-0000000000000000.wal"),
+            "",
+        )
+        .unwrap();
         let plan = plan_member(&c, &cluster(), 2379, 2380).unwrap();
         assert!(plan.existing_member);
     }

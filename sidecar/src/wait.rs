@@ -33,7 +33,22 @@ pub struct WaitTimeout {
 
 /// Calls `attempt` until it succeeds, pausing 0.25 s, 0.5 s, 1 s ... (at most 10 s) between
 /// tries, for at most `timeout` ([`Duration::MAX`]: until it succeeds or a stop request).
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut attempt: F) -> anyhow::Result<T>
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    wait_for_within(what, timeout, ATTEMPT_TIMEOUT, attempt).await
+}
+
+/// [`wait_for`] for attempts that may take up to `attempt_timeout` each (several requests in
+/// a row, such as an etcd membership change).
+pub async fn wait_for_within<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    attempt_timeout: Duration,
+    mut attempt: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
@@ -51,11 +66,11 @@ where
         }
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        let result = match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), attempt()).await {
+        let result = match tokio::time::timeout(left.min(attempt_timeout), attempt()).await {
             Ok(result) => result,
             Err(_) => Err(anyhow::anyhow!(
                 "no answer within {} s",
-                left.min(ATTEMPT_TIMEOUT).as_secs_f32()
+                left.min(attempt_timeout).as_secs_f32()
             )),
         };
         let error = match result {

@@ -1,17 +1,24 @@
 //! `doctor`: everything that would stop a deploy of a spec on this swarm, checked without
 //! changing anything — the swarm itself, this node's role, nodes, member labels, placement,
 //! the image, the secrets, published ports taken by other stacks — and the ports nodes need
-//! open between them, with what can be seen of them from this node.
+//! open between them, with what can be seen of them from this node. For a deployed cluster
+//! it also asks every etcd member whether it runs and sees a leader, and says when etcd has
+//! lost its quorum and what to do.
 
 use std::collections::BTreeSet;
 
 use anyhow::Context;
 use bollard::query_parameters::ListServicesOptions;
 
+use pgswarm_contract::ctl::{self, EtcdStatusReply, EtcdTarget, Request};
+use pgswarm_contract::Role;
+
 use crate::placement::MEMBER_LABEL_VALUE;
 use crate::spec::Cluster;
 
 use super::constraints::unplaceable;
+use super::job;
+use super::observe::docker_view;
 use super::progress::table;
 use super::{nodes, secrets, Engine, STACK_NAMESPACE_LABEL, SWARM_PORTS};
 
@@ -280,8 +287,179 @@ pub async fn run(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Report> {
         None => {}
     }
     published_ports(engine, cluster, &mut report).await?;
+    etcd_quorum(engine, cluster, &nodes, &mut report).await?;
     ports(&mut report, &swarm.node_addr, nodes.len() > 1);
     Ok(report)
+}
+
+/// How long asking the etcd members may take, a one-off task included.
+const ETCD_STATUS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The etcd members of `cluster` as `ctl etcd-status` wants them: each one's host from its
+/// own entry in the initial cluster (its service name on the stack's network).
+pub fn etcd_targets(cluster: &Cluster) -> Vec<EtcdTarget> {
+    cluster
+        .etcd_members()
+        .filter_map(|s| {
+            let Role::Etcd {
+                initial_cluster,
+                client_port,
+                peer_port,
+            } = &s.env.role
+            else {
+                return None;
+            };
+            let me = initial_cluster
+                .iter()
+                .find(|p| p.name == s.env.common.member)?;
+            let host = me
+                .peer_url
+                .strip_prefix("http://")?
+                .rsplit_once(':')?
+                .0
+                .to_string();
+            Some(EtcdTarget {
+                name: s.env.common.member.clone(),
+                host,
+                client_port: *client_port,
+                peer_port: *peer_port,
+            })
+        })
+        .collect()
+}
+
+/// For a deployed cluster with etcd: whether etcd has a quorum, asked from a container on
+/// the cluster's network (a local one, else a one-off task, so a manager that runs no member
+/// can tell too).
+async fn etcd_quorum(
+    engine: &Engine,
+    cluster: &Cluster,
+    nodes: &[nodes::NodeView],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let targets = etcd_targets(cluster);
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let views = docker_view(engine, cluster, nodes).await?;
+    if views.iter().all(|v| v.task_state == "not deployed") {
+        report.add(
+            Verdict::Info,
+            "etcd quorum",
+            format!("{} is not deployed: nothing to ask", cluster.name),
+        );
+        return Ok(());
+    }
+    let container = views.iter().find_map(|v| v.container.clone());
+    let argv = Request::EtcdStatus {
+        members: targets.clone(),
+    }
+    .argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let asked = tokio::time::timeout(
+        ETCD_STATUS_PATIENCE,
+        job::run_ctl(engine, cluster, container.as_deref(), &argv),
+    )
+    .await;
+    let reply = match asked {
+        Ok(Ok(out)) => ctl::read_reply::<EtcdStatusReply>(out.exit_code, &out.stdout, &out.stderr)
+            .map_err(anyhow::Error::from),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(anyhow::anyhow!(
+            "no answer within {} s",
+            ETCD_STATUS_PATIENCE.as_secs()
+        )),
+    };
+    match reply {
+        Ok(reply) => {
+            let (verdict, detail) = etcd_verdict(cluster, &reply);
+            report.add(verdict, "etcd quorum", detail);
+        }
+        Err(e) => report.add(
+            Verdict::Warn,
+            "etcd quorum",
+            format!("could not ask the etcd members: {e:#}"),
+        ),
+    }
+    Ok(())
+}
+
+/// The verdict on etcd's answers, with which members answer, which do not, and what to do.
+pub fn etcd_verdict(cluster: &Cluster, reply: &EtcdStatusReply) -> (Verdict, String) {
+    let total = reply.members.len();
+    let with_leader = reply.with_leader();
+    let without_leader: Vec<&str> = reply
+        .members
+        .iter()
+        .filter(|m| m.running && !m.has_leader)
+        .map(|m| m.name.as_str())
+        .collect();
+    let down: Vec<String> = reply
+        .members
+        .iter()
+        .filter(|m| !m.running && !m.has_leader)
+        .map(|m| format!("{} ({})", m.name, m.detail))
+        .collect();
+    let absent: Vec<String> = reply
+        .members
+        .iter()
+        .filter(|m| !m.has_leader)
+        .map(|m| {
+            format!(
+                "`docker service ps {}`",
+                super::service_name(&cluster.name, &m.name)
+            )
+        })
+        .collect();
+    let list = |names: &[&str]| {
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    if with_leader.len() == total {
+        return (
+            Verdict::Ok,
+            format!("all {total} members see a leader ({})", list(&with_leader)),
+        );
+    }
+    let not_answering = if down.is_empty() {
+        "none".to_string()
+    } else {
+        down.join("; ")
+    };
+    if reply.has_quorum() {
+        return (
+            Verdict::Warn,
+            format!(
+                "quorum held by {} of {total} ({}); running without a leader: {}; not \
+                 answering: {not_answering}. Patroni works, but one more lost member stops \
+                 it: bring the others back ({}); a member that lost its volume rejoins by \
+                 itself",
+                with_leader.len(),
+                list(&with_leader),
+                list(&without_leader),
+                absent.join(", ")
+            ),
+        );
+    }
+    (
+        Verdict::Fail,
+        format!(
+            "etcd has lost its quorum: {} of {total} see a leader ({}), a majority ({}) must; \
+             running without a leader: {}; not answering: {not_answering}. Patroni cannot \
+             renew its leader lock: the primary steps down and writes stop. Bring members back \
+             ({}: a node down, drained or without its member label); once a majority runs, \
+             etcd elects a leader and members that lost their volume rejoin by themselves. If \
+             a majority is lost for good, see \"etcd lost for good\" in the README",
+            with_leader.len(),
+            list(&with_leader),
+            total / 2 + 1,
+            list(&without_leader),
+            absent.join(", ")
+        ),
+    )
 }
 
 /// Published ports of `cluster` that a service of another stack already publishes.
@@ -381,4 +559,65 @@ fn ports(report: &mut Report, node_addr: &str, multi_node: bool) {
         "encrypted overlay",
         "needs IP protocol 50 (ESP) between nodes as well",
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{parse, Topology};
+    use pgswarm_contract::ctl::EtcdMemberStatus;
+
+    fn cluster() -> Cluster {
+        let text = crate::spec::starter_spec(Topology::Patroni, "demo").expect("starter");
+        parse(&text).expect("valid").cluster
+    }
+
+    fn reply(states: [(bool, bool); 3]) -> EtcdStatusReply {
+        EtcdStatusReply {
+            members: states
+                .iter()
+                .enumerate()
+                .map(|(i, &(running, has_leader))| EtcdMemberStatus {
+                    name: format!("etcd{}", i + 1),
+                    running,
+                    has_leader,
+                    detail: if running {
+                        "peer port: ok".into()
+                    } else {
+                        "peer port: nothing listening".into()
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn etcd_targets_come_from_each_members_own_entry() {
+        let targets = etcd_targets(&cluster());
+        assert_eq!(targets.len(), 3);
+        assert_eq!(targets[0].to_arg(), "etcd1=etcd1:2379:2380");
+    }
+
+    #[test]
+    fn a_lost_quorum_fails_and_names_who_answers_and_what_to_do() {
+        let c = cluster();
+        let (v, text) = etcd_verdict(&c, &reply([(true, true); 3]));
+        assert_eq!(v, Verdict::Ok, "{text}");
+
+        let (v, text) = etcd_verdict(&c, &reply([(true, true), (true, true), (false, false)]));
+        assert_eq!(v, Verdict::Warn, "{text}");
+        assert!(text.contains("docker service ps demo_etcd3"), "{text}");
+
+        let (v, text) = etcd_verdict(&c, &reply([(true, false), (false, false), (false, false)]));
+        assert_eq!(v, Verdict::Fail, "{text}");
+        for needle in [
+            "lost its quorum",
+            "running without a leader: etcd1",
+            "etcd2 (peer port: nothing listening)",
+            "docker service ps demo_etcd2",
+            "etcd lost for good",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+    }
 }

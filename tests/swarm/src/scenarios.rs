@@ -575,7 +575,8 @@ async fn write_through(endpoint: &Endpoint, what: &str) -> Result<()> {
 
 /// Replaces one task of each kind (a replica, an etcd member, the router, the pooler) with
 /// `docker service update --force`; after each, a write must go through the router and the
-/// pooler. Then `swarmctl switchover --to` every member in turn: each must be accepted (Patroni
+/// pooler. Then another etcd member loses its volume and must rejoin by itself
+/// ([`etcd_volume_lost`]). Then `swarmctl switchover --to` every member in turn: each must be accepted (Patroni
 /// refuses a candidate it cannot reach, e.g. at a replaced task's stale address). Returns the
 /// replaced service keys.
 pub async fn replaced_tasks(cluster: &PatroniCluster) -> Result<Vec<String>> {
@@ -596,7 +597,7 @@ pub async fn replaced_tasks(cluster: &PatroniCluster) -> Result<Vec<String>> {
         .ok_or_else(|| anyhow!("no etcd service in the stack"))?;
     let router = stack.only_service(Mode::Router)?.key.clone();
     let pooler = stack.only_service(Mode::Pooler)?.key.clone();
-    let kinds = vec![replica, etcd, router, pooler];
+    let kinds = vec![replica, etcd.clone(), router, pooler];
     for key in &kinds {
         let container = cluster
             .dep
@@ -632,6 +633,25 @@ pub async fn replaced_tasks(cluster: &PatroniCluster) -> Result<Vec<String>> {
         )
         .await?;
     }
+    // Another etcd member loses its volume: it must rejoin by itself, and the switchovers
+    // below then run on the rebuilt etcd cluster.
+    let lost = stack
+        .services_in_mode(Mode::Etcd)?
+        .into_iter()
+        .map(|s| s.key)
+        .rfind(|k| *k != etcd)
+        .ok_or_else(|| anyhow!("the stack has a single etcd member"))?;
+    etcd_volume_lost(cluster, &lost).await?;
+    write_through(
+        &cluster.rw,
+        &format!("the router after {lost} lost its volume"),
+    )
+    .await?;
+    write_through(
+        &cluster.pooler,
+        &format!("the pooler after {lost} lost its volume"),
+    )
+    .await?;
     let spec = cluster.dep.spec_path();
     for member in &cluster.members {
         cluster.wait_ready(RECOVERY_TIMEOUT).await?;
@@ -672,6 +692,178 @@ pub async fn replaced_tasks(cluster: &PatroniCluster) -> Result<Vec<String>> {
     }
     ensure_single_primary(cluster).await?;
     Ok(kinds)
+}
+
+/// Run in a database member (which has python3 and reaches etcd by service name): prints
+/// the names in the member list of the first etcd that answers, then `health=` and the
+/// `/health` answer of etcd `argv[1]` (host:port); the other arguments are the members to ask.
+const ETCD_MEMBERSHIP_PY: &str = r#"
+import json, sys, urllib.request
+names = None
+for other in sys.argv[2:]:
+    try:
+        req = urllib.request.Request("http://%s/v3/cluster/member/list" % other, data=b"{}", method="POST")
+        names = [m.get("name", "") for m in json.load(urllib.request.urlopen(req, timeout=5))["members"]]
+        break
+    except Exception as e:
+        print("%s: %s" % (other, e))
+print("members=" + ",".join(sorted(names or [])))
+try:
+    print("health=" + urllib.request.urlopen("http://%s/health" % sys.argv[1], timeout=5).read().decode())
+except Exception as e:
+    print("health=error %s" % e)
+"#;
+
+/// The volume of etcd member `key` is lost: its service is scaled to 0, its task containers
+/// and its volume are removed, and it is scaled back to 1 on an empty volume. The member must
+/// rejoin the etcd cluster by itself (listed under its name by another member, healthy, its
+/// log saying it replaced its stale entry), and Patroni must keep a leader.
+pub async fn etcd_volume_lost(cluster: &PatroniCluster, key: &str) -> Result<()> {
+    let dep = &cluster.dep;
+    let etcd: Vec<(String, String)> = dep
+        .stack
+        .services_in_mode(Mode::Etcd)?
+        .into_iter()
+        .filter_map(|s| match s.env.role {
+            Role::Etcd { client_port, .. } => {
+                Some((s.key.clone(), format!("{}:{client_port}", s.key)))
+            }
+            _ => None,
+        })
+        .collect();
+    let (_, target) = etcd
+        .iter()
+        .find(|(k, _)| k == key)
+        .cloned()
+        .ok_or_else(|| anyhow!("{key} is not an etcd member of the stack"))?;
+    let others: Vec<String> = etcd
+        .iter()
+        .filter(|(k, _)| k != key)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let container = dep
+        .container(key)
+        .await?
+        .ok_or_else(|| anyhow!("{key} has no running container"))?;
+    let volume = docker_async(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}}{{end}}{{end}}",
+        &container,
+    ])
+    .await?
+    .trim()
+    .to_string();
+    ensure!(!volume.is_empty(), "{key}'s container mounts no volume");
+    let service = dep.service_name(key);
+    info!(service = %service, volume = %volume, "scale to 0, remove the volume, scale to 1");
+    docker_async(&["service", "scale", "--detach", &format!("{service}=0")]).await?;
+    wait_until(
+        &format!("{service}'s containers gone"),
+        RECOVERY_TIMEOUT,
+        || async {
+            let left = crate::docker::ps_all_nodes(&[
+                "-aq",
+                "--filter",
+                &format!("label=com.docker.swarm.service.name={service}"),
+            ])
+            .await?;
+            if left.is_empty() {
+                return Ok(Check::Done);
+            }
+            // Swarm keeps its exited task containers, which hold on to the volume.
+            for id in &left {
+                let _ = docker_async(&["rm", "-f", id]).await;
+            }
+            Ok(Check::Pending(format!("containers left: {left:?}")))
+        },
+    )
+    .await?;
+    // With the member gone, doctor (asking from a one-off task, as a manager that runs no
+    // member does) names it and says the quorum holds without it.
+    let line = doctor_etcd_line(cluster, true).await?;
+    ensure!(
+        line.contains("warn") && line.contains("quorum held by 2 of 3") && line.contains(key),
+        "doctor with {key} stopped: {line}"
+    );
+    crate::docker::docker_each_node_async(&["volume", "rm", "-f", &volume]).await?;
+    let still = crate::docker::docker_each_node_async(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name=^{volume}$"),
+    ])
+    .await?;
+    ensure!(still.trim().is_empty(), "volume {volume} is still there");
+    docker_async(&["service", "scale", "--detach", &format!("{service}=1")]).await?;
+    let probe_member = cluster
+        .members
+        .first()
+        .ok_or_else(|| anyhow!("no database member"))?;
+    let my_name = key.to_string();
+    wait_until(
+        &format!("{key} back in the etcd cluster on an empty volume"),
+        RECOVERY_TIMEOUT,
+        || async {
+            let mut args = vec!["python3", "-c", ETCD_MEMBERSHIP_PY, target.as_str()];
+            args.extend(others.iter().map(String::as_str));
+            let out = dep.exec(probe_member, &args).await?;
+            let listed = out
+                .lines()
+                .find_map(|l| l.strip_prefix("members="))
+                .is_some_and(|names| names.split(',').any(|n| n == my_name));
+            let healthy = out
+                .lines()
+                .find_map(|l| l.strip_prefix("health="))
+                .is_some_and(|h| h.contains("\"health\":\"true\""));
+            Ok(if listed && healthy {
+                Check::Done
+            } else {
+                Check::Pending(out.trim().replace('\n', "; "))
+            })
+        },
+    )
+    .await?;
+    let new = dep
+        .container(key)
+        .await?
+        .ok_or_else(|| anyhow!("{key} has no running container"))?;
+    let logs = crate::docker::docker_all_output(&["logs", &new]).await;
+    ensure!(
+        logs.contains("removed this member's stale entry")
+            && logs.contains("starting as a new member of the existing etcd cluster"),
+        "{key} rejoined, but its log does not say it replaced its stale entry:\n{logs}"
+    );
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let line = doctor_etcd_line(cluster, false).await?;
+    ensure!(
+        line.contains("all 3 members see a leader"),
+        "doctor after {key} rejoined: {line}"
+    );
+    Ok(())
+}
+
+/// The `etcd quorum` line of `swarmctl doctor` (its other checks depend on the machine and
+/// are not judged here); `remote`: asked through a one-off task (`SWARMCTL_REMOTE=1`).
+async fn doctor_etcd_line(cluster: &PatroniCluster, remote: bool) -> Result<String> {
+    let mut cmd = tokio::process::Command::new(crate::image::swarmctl_path());
+    cmd.arg("doctor").arg("-f").arg(cluster.dep.spec_path());
+    if remote {
+        cmd.env("SWARMCTL_REMOTE", "1");
+    }
+    let out = cmd.output().await.context("cannot run swarmctl doctor")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.contains("etcd quorum"))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            anyhow!(
+                "swarmctl doctor printed no etcd quorum line ({}): {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 /// Where a member's data directory is inside its container (the image's default data root).

@@ -157,7 +157,8 @@ async fn a_crashed_postmaster_is_restarted_in_place_without_losing_commits() -> 
 }
 
 /// Each kind of task replaced (a replica, an etcd member, the router, the pooler): writes go
-/// through the router and the pooler again, and a switchover to every member is accepted.
+/// through the router and the pooler again; another etcd member loses its volume and rejoins
+/// the etcd cluster by itself; and a switchover to every member is accepted.
 /// Asynchronous mode, where every streaming replica is a valid switchover target (in
 /// synchronous mode only the synchronous standby is, and swarmctl names it instead).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +170,8 @@ async fn every_kind_of_replaced_task_is_followed() -> anyhow::Result<()> {
     let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
     let replaced = scenarios::replaced_tasks(&cluster).await?;
     eprintln!(
-        "replaced {replaced:?}; writes through router and pooler; switchover to every member"
+        "replaced {replaced:?}; writes through router and pooler; an etcd member rejoined \
+         after losing its volume; switchover to every member"
     );
     Ok(())
 }
