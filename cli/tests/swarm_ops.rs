@@ -540,14 +540,23 @@ fn patroni_example_deploys_healthy_and_switches_over() {
     assert_no_job_left(&name);
     // Another switchover, the same way (patronictl and the write check in one-off tasks), to
     // the synchronous standby of now.
-    let standby = c.status_json()["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .find(|m| m["role"] == "sync standby")
-        .and_then(|m| m["member"].as_str())
-        .map(String::from)
-        .expect("a sync standby");
+    // Right after a switchover Patroni names the synchronous standby a loop later: asked
+    // again until it does.
+    let mut standby = None;
+    for _ in 0..60 {
+        standby = c.status_json()["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .find(|m| m["role"] == "sync standby")
+            .and_then(|m| m["member"].as_str())
+            .map(String::from);
+        if standby.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let standby = standby.expect("a sync standby within 2 minutes of the switchover");
     let out = swarmctl()
         .args(["switchover", "--to", &standby, "--timeout", "240", "-f"])
         .arg(&c.spec)
