@@ -83,14 +83,22 @@ node_pids() {
 
 freezer_state() { cat "/sys/fs/cgroup/freezer/$CG/$1/freezer.state" 2>/dev/null || echo ABSENT; }
 
-set_freezer() {
+# try_freezer NODE STATE: sets the node's freezer state; fails when it is not reached within
+# 10 s. Freezing can stay FREEZING for good: a task in the middle of an exec (runc's init, say,
+# waiting in the kernel for its sibling threads, some of them frozen already) cannot be frozen.
+try_freezer() {
   local f=/sys/fs/cgroup/freezer/$CG/$1/freezer.state i
   echo "$2" >"$f"
   for i in $(seq 1 100); do
     [ "$(cat "$f")" = "$2" ] && return 0
     sleep 0.1
   done
-  die "cgroup freezer of $1 stuck in $(cat "$f") (wanted $2)"
+  return 1
+}
+
+set_freezer() {
+  try_freezer "$1" "$2" ||
+    die "cgroup freezer of $1 stuck in $(freezer_state "$1") (wanted $2)"
 }
 
 # SIGKILL of every process of a node at once: freeze (no process can fork or react), kill all,
@@ -98,11 +106,15 @@ set_freezer() {
 kill_node_processes() {
   local n=$1 pids
   [ -d "/sys/fs/cgroup/freezer/$CG/$n" ] || return 0
-  set_freezer "$n" FROZEN
+  if ! try_freezer "$n" FROZEN; then
+    # Most of it is frozen; the rest is killed all the same (and the freeze undone below).
+    log "$n: the freezer stayed $(freezer_state "$n") (a process in the middle of an exec); killing every process anyway"
+  fi
   pids=$(node_pids "$n")
   # shellcheck disable=SC2086
   [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
-  set_freezer "$n" THAWED
+  try_freezer "$n" THAWED || [ ! -d "/sys/fs/cgroup/freezer/$CG/$n" ] ||
+    die "cgroup freezer of $n stuck in $(freezer_state "$n") (wanted THAWED)"
   local i
   for i in $(seq 1 100); do
     [ -z "$(node_pids "$n")" ] && return 0
@@ -180,7 +192,7 @@ EOF
 # Starts a node's dockerd inside its cgroups and namespaces; returns once its socket answers.
 start_daemon() {
   local n=$1 c
-  [ "$(freezer_state "$n")" = FROZEN ] && set_freezer "$n" THAWED
+  case "$(freezer_state "$n")" in FROZEN | FREEZING) set_freezer "$n" THAWED ;; esac
   if dk_answers "$n"; then return 0; fi
   rm -f "$STATE/$n/docker.pid" "$(sock "$n")"
   # The subshell moves itself into the node's cgroups, so dockerd, containerd and every shim
@@ -360,7 +372,7 @@ cmd_status() {
   local node
   for node in $(node_names); do
     local st=stopped
-    if [ "$(freezer_state "$node")" = FROZEN ]; then
+    if [ "$(freezer_state "$node")" != THAWED ] && [ "$(freezer_state "$node")" != ABSENT ]; then
       st=frozen
     elif dk_answers "$node"; then
       st=running
@@ -372,7 +384,7 @@ cmd_status() {
   done
   local m
   for m in $(node_names); do
-    [ "$(freezer_state "$m")" = FROZEN ] && continue
+    [ "$(freezer_state "$m")" = THAWED ] || continue
     if timeout 10 docker -H "unix://$(sock "$m")" node ls >/dev/null 2>&1; then
       timeout 10 docker -H "unix://$(sock "$m")" node ls
       break
@@ -386,7 +398,7 @@ cmd_down() {
   for node in $(node_names) $(ls "$STATE" 2>/dev/null | grep '^tbn[0-9]$' || true); do
     [ -d "/sys/fs/cgroup/freezer/$CG/$node" ] || [ -d "$STATE/$node" ] || continue
     # A clean stop first (dockerd stops its containers), then SIGKILL whatever is left.
-    if [ -f "$STATE/$node/docker.pid" ] && [ "$(freezer_state "$node")" != FROZEN ]; then
+    if [ -f "$STATE/$node/docker.pid" ] && [ "$(freezer_state "$node")" = THAWED ]; then
       kill -TERM "$(cat "$STATE/$node/docker.pid")" 2>/dev/null || true
     fi
   done
@@ -444,7 +456,11 @@ cmd_start() {
 cmd_freeze() {
   need_root
   valid_node "$1"
-  set_freezer "$1" FROZEN
+  if ! try_freezer "$1" FROZEN; then
+    # Every task that could be frozen is: the node is hung all the same (a task in the middle
+    # of an exec cannot be frozen, and cannot run either until its siblings are thawed).
+    log "$1: the freezer stayed $(freezer_state "$1"): $(node_pids "$1" | wc -l) processes, all but those in an exec frozen"
+  fi
   log "$1 frozen"
 }
 
