@@ -8,6 +8,8 @@
 //! Secrets never travel through this contract: only the *paths* of secret files do
 //! (`PGSWARM_*_FILE`, defaulting to `/run/secrets/<name>`).
 
+pub mod backup;
+pub mod cron;
 pub mod ctl;
 pub mod objects;
 pub mod rules;
@@ -465,6 +467,9 @@ pub struct Common {
     pub wait_timeout_secs: u64,
     /// Port of this member's metrics endpoint; `None` = monitoring off.
     pub metrics_port: Option<u16>,
+    /// WAL archiving to and restoring from the cluster's pgBackRest repository (data members
+    /// of a cluster with a `backup` section); `None` = no backups.
+    pub backup: Option<backup::BackupSettings>,
 }
 
 impl Common {
@@ -481,6 +486,7 @@ impl Common {
             secret_files: BTreeMap::new(),
             wait_timeout_secs: defaults::WAIT_TIMEOUT_SECS,
             metrics_port: None,
+            backup: None,
         }
     }
 
@@ -673,6 +679,9 @@ impl MemberEnv {
         if let Some(port) = c.metrics_port {
             out.push((env::METRICS_PORT, port.to_string()));
         }
+        if let Some(b) = &c.backup {
+            out.extend(b.to_env());
+        }
         let push_pg = |out: &mut Vec<(&'static str, String)>, pg: &Postgres| {
             if pg.port != defaults::PG_PORT {
                 out.push((env::PG_PORT, pg.port.to_string()));
@@ -861,6 +870,7 @@ impl MemberEnv {
                 None => None,
                 Some(_) => Some(r.parsed(env::METRICS_PORT, 0)?),
             },
+            backup: backup::BackupSettings::from_lookup(&lookup)?,
         };
         let postgres = || -> Result<Postgres, ContractError> {
             let parameters = match r.get(env::PG_PARAMETERS) {
@@ -1104,6 +1114,10 @@ mod tests {
             .secret_files
             .insert(Secret::SuperuserPassword, "/s/p".into());
         common.metrics_port = Some(9187);
+        common.backup = Some(backup::BackupSettings {
+            archive_timeout_secs: 30,
+            ..backup::BackupSettings::new("backup")
+        });
         let roles = vec![
             Role::Primary {
                 postgres: Postgres::default(),
