@@ -38,6 +38,17 @@ pub mod defaults {
     pub const CIPHER: &str = "aes-256-cbc";
 }
 
+/// The common name of the cluster's pgBackRest certificate: the TLS servers admit clients
+/// presenting it (`tls-server-auth`), so swarmctl issues it and the sidecar names it.
+pub fn tls_common_name(cluster: &str) -> String {
+    format!("pgswarm-{cluster}-backup")
+}
+
+/// The pgBackRest stanza of a cluster: its name.
+pub fn stanza(cluster: &str) -> &str {
+    cluster
+}
+
 /// What a data member knows about the cluster's backups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupSettings {

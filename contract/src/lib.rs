@@ -547,11 +547,12 @@ impl Common {
 
     /// Whether a secret is needed by this member in `mode` (see [`Secret::needed_by`]).
     /// With backups on, Patroni members and the repository also need the TLS certificate,
-    /// its key and CA, and the repository's passphrase when it is encrypted.
+    /// its key and CA; the repository (which alone encrypts and decrypts: members reach the
+    /// repository through it) the passphrase when it is encrypted.
     pub fn needs(&self, secret: Secret, mode: Mode) -> bool {
         let backup_mode = matches!(mode, Mode::Patroni | Mode::Backup);
         match (secret, &self.backup) {
-            (Secret::BackupPassphrase, Some(b)) => backup_mode && b.encrypt,
+            (Secret::BackupPassphrase, Some(b)) => mode == Mode::Backup && b.encrypt,
             (Secret::BackupTlsCa | Secret::BackupTlsCert | Secret::BackupTlsKey, Some(_)) => {
                 backup_mode
             }
@@ -1345,9 +1346,14 @@ mod tests {
         common.backup = Some(backup::BackupSettings::new("backup"));
         for mode in Mode::ALL {
             let uses = matches!(mode, Mode::Patroni | Mode::Backup);
-            for s in tls.iter().chain([&Secret::BackupPassphrase]) {
-                assert_eq!(common.needs(*s, mode), uses, "{mode} {s:?}");
+            for s in tls {
+                assert_eq!(common.needs(s, mode), uses, "{mode} {s:?}");
             }
+            assert_eq!(
+                common.needs(Secret::BackupPassphrase, mode),
+                mode == Mode::Backup,
+                "{mode}"
+            );
         }
         // The repository holds no database credential.
         assert!(!common.needs(Secret::SuperuserPassword, Mode::Backup));
@@ -1355,7 +1361,7 @@ mod tests {
             encrypt: false,
             ..backup::BackupSettings::new("backup")
         });
-        assert!(!common.needs(Secret::BackupPassphrase, Mode::Patroni));
+        assert!(!common.needs(Secret::BackupPassphrase, Mode::Backup));
         assert!(common.needs(Secret::BackupTlsKey, Mode::Patroni));
     }
 
