@@ -10,6 +10,10 @@ pub mod env {
     pub const REPO_HOST: &str = "PGSWARM_BACKUP_REPO_HOST";
     /// Port of the repository's TLS server.
     pub const REPO_PORT: &str = "PGSWARM_BACKUP_REPO_PORT";
+    /// Path of the repository in the repository service (on its volume); members name it too.
+    pub const REPO_PATH: &str = "PGSWARM_BACKUP_REPO_PATH";
+    /// Port of the data members' pgBackRest TLS servers.
+    pub const MEMBER_PORT: &str = "PGSWARM_BACKUP_MEMBER_PORT";
     /// PostgreSQL's `archive_timeout`, seconds.
     pub const ARCHIVE_TIMEOUT: &str = "PGSWARM_BACKUP_ARCHIVE_TIMEOUT";
     /// Full backups kept.
@@ -30,8 +34,8 @@ pub mod defaults {
     pub const RETENTION_FULL: u32 = 2;
     /// Name of the repository service.
     pub const REPO_SERVICE: &str = "backup";
-    /// Subdirectory of the data root holding the repository, on the repository service.
-    pub const REPO_SUBDIR: &str = "pgbackrest";
+    /// Path of the repository on the repository service's volume (under its data root).
+    pub const REPO_PATH: &str = "/var/lib/pgswarm/pgbackrest";
     /// Subdirectory of the data root for asynchronous archiving's spool, on data members.
     pub const SPOOL_SUBDIR: &str = "pgbackrest-spool";
     /// The cipher of an encrypted repository.
@@ -55,6 +59,10 @@ pub struct BackupSettings {
     /// The repository service's DNS name.
     pub repo_host: String,
     pub repo_port: u16,
+    /// Where the repository is, in the repository service.
+    pub repo_path: String,
+    /// The data members' pgBackRest TLS servers listen on this port (on their address).
+    pub member_port: u16,
     pub archive_timeout_secs: u32,
     pub retention_full: u32,
     pub retention_diff: Option<u32>,
@@ -67,6 +75,8 @@ impl BackupSettings {
         BackupSettings {
             repo_host: repo_host.into(),
             repo_port: defaults::REPO_PORT,
+            repo_path: defaults::REPO_PATH.into(),
+            member_port: defaults::REPO_PORT,
             archive_timeout_secs: defaults::ARCHIVE_TIMEOUT_SECS,
             retention_full: defaults::RETENTION_FULL,
             retention_diff: None,
@@ -79,6 +89,12 @@ impl BackupSettings {
         let mut out = vec![(env::REPO_HOST, self.repo_host.clone())];
         if self.repo_port != defaults::REPO_PORT {
             out.push((env::REPO_PORT, self.repo_port.to_string()));
+        }
+        if self.repo_path != defaults::REPO_PATH {
+            out.push((env::REPO_PATH, self.repo_path.clone()));
+        }
+        if self.member_port != defaults::REPO_PORT {
+            out.push((env::MEMBER_PORT, self.member_port.to_string()));
         }
         if self.archive_timeout_secs != defaults::ARCHIVE_TIMEOUT_SECS {
             out.push((env::ARCHIVE_TIMEOUT, self.archive_timeout_secs.to_string()));
@@ -131,6 +147,9 @@ impl BackupSettings {
             repo_host,
             repo_port: number(lookup, env::REPO_PORT, "a port number")?
                 .unwrap_or(defaults::REPO_PORT),
+            repo_path: lookup(env::REPO_PATH).unwrap_or(defaults::REPO_PATH.into()),
+            member_port: number(lookup, env::MEMBER_PORT, "a port number")?
+                .unwrap_or(defaults::REPO_PORT),
             archive_timeout_secs: positive(env::ARCHIVE_TIMEOUT)?
                 .unwrap_or(defaults::ARCHIVE_TIMEOUT_SECS),
             retention_full: positive(env::RETENTION_FULL)?.unwrap_or(defaults::RETENTION_FULL),
@@ -168,6 +187,8 @@ mod tests {
         let custom = BackupSettings {
             repo_host: "repo".into(),
             repo_port: 9000,
+            repo_path: "/data/repo".into(),
+            member_port: 9001,
             archive_timeout_secs: 5,
             retention_full: 4,
             retention_diff: Some(6),

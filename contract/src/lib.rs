@@ -151,6 +151,10 @@ pub mod env {
     pub const BACKUP_TLS_KEY_FILE: &str = "PGSWARM_BACKUP_TLS_KEY_FILE";
     /// Backup repository: the data members backed up, comma separated.
     pub const BACKUP_MEMBERS: &str = "PGSWARM_BACKUP_MEMBERS";
+    /// Backup repository: the data members' data root, when not the default.
+    pub const BACKUP_MEMBER_DATA_ROOT: &str = "PGSWARM_BACKUP_MEMBER_DATA_ROOT";
+    /// Backup repository: the data members' run directory (socket), when not the default.
+    pub const BACKUP_MEMBER_RUN_DIR: &str = "PGSWARM_BACKUP_MEMBER_RUN_DIR";
     /// Backup repository: when full backups run (cron syntax).
     pub const BACKUP_SCHEDULE_FULL: &str = "PGSWARM_BACKUP_SCHEDULE_FULL";
     /// Backup repository: when differential backups run (cron syntax).
@@ -547,12 +551,13 @@ impl Common {
 
     /// Whether a secret is needed by this member in `mode` (see [`Secret::needed_by`]).
     /// With backups on, Patroni members and the repository also need the TLS certificate,
-    /// its key and CA; the repository (which alone encrypts and decrypts: members reach the
-    /// repository through it) the passphrase when it is encrypted.
+    /// its key and CA, and the passphrase when the repository is encrypted (pgBackRest
+    /// encrypts and decrypts on the client side: members read and write the repository's
+    /// files through its server).
     pub fn needs(&self, secret: Secret, mode: Mode) -> bool {
         let backup_mode = matches!(mode, Mode::Patroni | Mode::Backup);
         match (secret, &self.backup) {
-            (Secret::BackupPassphrase, Some(b)) => mode == Mode::Backup && b.encrypt,
+            (Secret::BackupPassphrase, Some(b)) => backup_mode && b.encrypt,
             (Secret::BackupTlsCa | Secret::BackupTlsCert | Secret::BackupTlsKey, Some(_)) => {
                 backup_mode
             }
@@ -689,6 +694,10 @@ pub enum Role {
         members: Vec<String>,
         /// PostgreSQL's port on the members.
         pg_port: u16,
+        /// The members' data root and run directory (their `PGSWARM_DATA_ROOT` and
+        /// `PGSWARM_RUN_DIR`): where their data directory and socket are.
+        member_data_root: String,
+        member_run_dir: String,
         /// When full backups run (a [`cron::Schedule`] as written), if scheduled.
         schedule_full: Option<String>,
         /// When differential backups run, if scheduled.
@@ -907,6 +916,8 @@ impl MemberEnv {
         if let Role::Backup {
             members,
             pg_port,
+            member_data_root,
+            member_run_dir,
             schedule_full,
             schedule_diff,
         } = &self.role
@@ -914,6 +925,12 @@ impl MemberEnv {
             out.push((env::BACKUP_MEMBERS, join(members)));
             if *pg_port != defaults::PG_PORT {
                 out.push((env::PG_PORT, pg_port.to_string()));
+            }
+            if member_data_root != defaults::DATA_ROOT {
+                out.push((env::BACKUP_MEMBER_DATA_ROOT, member_data_root.clone()));
+            }
+            if member_run_dir != defaults::RUN_DIR {
+                out.push((env::BACKUP_MEMBER_RUN_DIR, member_run_dir.clone()));
             }
             if let Some(s) = schedule_full {
                 out.push((env::BACKUP_SCHEDULE_FULL, s.clone()));
@@ -1167,6 +1184,12 @@ impl Role {
         Ok(Role::Backup {
             members,
             pg_port: r.parsed(env::PG_PORT, defaults::PG_PORT)?,
+            member_data_root: r
+                .get(env::BACKUP_MEMBER_DATA_ROOT)
+                .unwrap_or(defaults::DATA_ROOT.into()),
+            member_run_dir: r
+                .get(env::BACKUP_MEMBER_RUN_DIR)
+                .unwrap_or(defaults::RUN_DIR.into()),
             schedule_full: schedule(env::BACKUP_SCHEDULE_FULL)?,
             schedule_diff: schedule(env::BACKUP_SCHEDULE_DIFF)?,
         })
@@ -1317,6 +1340,8 @@ mod tests {
             Role::Backup {
                 members: vec!["pg1".into(), "pg2".into()],
                 pg_port: 5433,
+                member_data_root: "/data".into(),
+                member_run_dir: defaults::RUN_DIR.into(),
                 schedule_full: Some("0 3 * * 0".into()),
                 schedule_diff: None,
             },
@@ -1346,14 +1371,9 @@ mod tests {
         common.backup = Some(backup::BackupSettings::new("backup"));
         for mode in Mode::ALL {
             let uses = matches!(mode, Mode::Patroni | Mode::Backup);
-            for s in tls {
-                assert_eq!(common.needs(s, mode), uses, "{mode} {s:?}");
+            for s in tls.iter().chain([&Secret::BackupPassphrase]) {
+                assert_eq!(common.needs(*s, mode), uses, "{mode} {s:?}");
             }
-            assert_eq!(
-                common.needs(Secret::BackupPassphrase, mode),
-                mode == Mode::Backup,
-                "{mode}"
-            );
         }
         // The repository holds no database credential.
         assert!(!common.needs(Secret::SuperuserPassword, Mode::Backup));
@@ -1362,6 +1382,7 @@ mod tests {
             ..backup::BackupSettings::new("backup")
         });
         assert!(!common.needs(Secret::BackupPassphrase, Mode::Backup));
+        assert!(!common.needs(Secret::BackupPassphrase, Mode::Patroni));
         assert!(common.needs(Secret::BackupTlsKey, Mode::Patroni));
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgswarm_contract::backup::{self, BackupSettings};
-use pgswarm_contract::{Common, MemberEnv, Role, Secret};
+use pgswarm_contract::{Common, MemberEnv, Postgres, Role, Secret};
 use tracing::{info, warn};
 
 use crate::secrets::Secrets;
@@ -66,7 +66,7 @@ pub fn write_tls(common: &Common, secrets: &Secrets) -> anyhow::Result<TlsFiles>
 
 /// The options every pgbackrest.conf shares: where pgBackRest keeps locks and logs, console
 /// logging only (the container's log), and its own TLS server.
-fn global(common: &Common, settings: &BackupSettings, tls: &TlsFiles) -> Vec<(String, String)> {
+fn global(common: &Common, tls: &TlsFiles, address: &str, port: u16) -> Vec<(String, String)> {
     let d = dir(common);
     let mut out = vec![
         ("lock-path", d.join("lock").display().to_string()),
@@ -74,8 +74,8 @@ fn global(common: &Common, settings: &BackupSettings, tls: &TlsFiles) -> Vec<(St
         ("log-level-file", "off".into()),
         ("log-level-console", "info".into()),
         ("log-level-stderr", "off".into()),
-        ("tls-server-address", "*".into()),
-        ("tls-server-port", settings.repo_port.to_string()),
+        ("tls-server-address", address.into()),
+        ("tls-server-port", port.to_string()),
         ("tls-server-ca-file", tls.ca.display().to_string()),
         ("tls-server-cert-file", tls.cert.display().to_string()),
         ("tls-server-key-file", tls.key.display().to_string()),
@@ -110,12 +110,19 @@ fn text(global: Vec<(String, String)>, stanza: &str, section: Vec<(String, Strin
 pub fn member_conf(
     common: &Common,
     settings: &BackupSettings,
-    pg_port: u16,
+    postgres: &Postgres,
     tls: &TlsFiles,
+    passphrase: Option<&str>,
 ) -> String {
-    let mut g = global(common, settings, tls);
+    let address = match postgres.listen_address.as_str() {
+        "0.0.0.0" | "" => "*",
+        a => a,
+    };
+    let pg_port = postgres.port;
+    let mut g = global(common, tls, address, settings.member_port);
     for (k, v) in [
         ("repo1-host", settings.repo_host.clone()),
+        ("repo1-path", settings.repo_path.clone()),
         ("repo1-host-type", "tls".into()),
         ("repo1-host-port", settings.repo_port.to_string()),
         ("repo1-host-ca-file", tls.ca.display().to_string()),
@@ -130,6 +137,7 @@ pub fn member_conf(
     ] {
         g.push((k.to_string(), v));
     }
+    cipher(&mut g, passphrase);
     let section = vec![
         ("pg1-path".to_string(), common.pgdata()),
         ("pg1-port".to_string(), pg_port.to_string()),
@@ -147,16 +155,16 @@ pub fn member_conf(
 pub fn repo_conf(
     common: &Common,
     settings: &BackupSettings,
-    members: &[String],
-    pg_port: u16,
+    members: &MembersView<'_>,
     tls: &TlsFiles,
     passphrase: Option<&str>,
 ) -> String {
-    let mut g = global(common, settings, tls);
-    g.push((
-        "repo1-path".into(),
-        format!("{}/{}", common.data_root, backup::defaults::REPO_SUBDIR),
-    ));
+    // The members' own paths (the same in every member's container).
+    let mut member = Common::new(&common.cluster, "member");
+    member.data_root = members.data_root.to_string();
+    member.run_dir = members.run_dir.to_string();
+    let mut g = global(common, tls, "*", settings.repo_port);
+    g.push(("repo1-path".into(), settings.repo_path.clone()));
     g.push((
         "repo1-retention-full".into(),
         settings.retention_full.to_string(),
@@ -164,35 +172,59 @@ pub fn repo_conf(
     if let Some(diff) = settings.retention_diff {
         g.push(("repo1-retention-diff".into(), diff.to_string()));
     }
-    if let Some(pass) = passphrase {
-        g.push(("repo1-cipher-type".into(), backup::defaults::CIPHER.into()));
-        g.push(("repo1-cipher-pass".into(), pass.to_string()));
-    }
+    cipher(&mut g, passphrase);
     g.push(("start-fast".into(), "y".into()));
     g.push(("process-max".into(), "2".into()));
-    if members.len() > 1 {
+    if members.hosts.len() > 1 {
         // Backups read a streaming replica's files, sparing the primary.
         g.push(("backup-standby".into(), "y".into()));
     }
     let mut section = Vec::new();
-    for (i, m) in members.iter().enumerate() {
+    for (i, m) in members.hosts.iter().enumerate() {
         let n = i + 1;
         for (k, v) in [
             ("host", m.clone()),
             ("host-type", "tls".into()),
-            ("host-port", settings.repo_port.to_string()),
+            ("host-port", settings.member_port.to_string()),
             ("host-ca-file", tls.ca.display().to_string()),
             ("host-cert-file", tls.cert.display().to_string()),
             ("host-key-file", tls.key.display().to_string()),
-            ("path", common.pgdata()),
-            ("port", pg_port.to_string()),
-            ("socket-path", common.socket_dir().to_string()),
+            ("path", member.pgdata()),
+            ("port", members.pg_port.to_string()),
+            ("socket-path", member.socket_dir().to_string()),
             ("user", common.superuser.clone()),
         ] {
             section.push((format!("pg{n}-{k}"), v));
         }
     }
     text(g, backup::stanza(&common.cluster), section)
+}
+
+/// Encryption of the repository: pgBackRest encrypts on the client side, so every side holds
+/// the passphrase (in its 0600 file only).
+fn cipher(g: &mut Vec<(String, String)>, passphrase: Option<&str>) {
+    if let Some(pass) = passphrase {
+        g.push(("repo1-cipher-type".into(), backup::defaults::CIPHER.into()));
+        g.push(("repo1-cipher-pass".into(), pass.to_string()));
+    }
+}
+
+/// The passphrase secret, when the repository is encrypted.
+fn passphrase(settings: &BackupSettings, secrets: &Secrets) -> anyhow::Result<Option<String>> {
+    Ok(if settings.encrypt {
+        Some(secrets.get(Secret::BackupPassphrase)?.expose().to_string())
+    } else {
+        None
+    })
+}
+
+/// What the repository knows of the data members.
+#[derive(Debug, Clone)]
+pub struct MembersView<'a> {
+    pub hosts: &'a [String],
+    pub pg_port: u16,
+    pub data_root: &'a str,
+    pub run_dir: &'a str,
 }
 
 /// The `pgbackrest` command line with this member's configuration and stanza.
@@ -239,11 +271,11 @@ pub fn server(common: &Common) -> ChildSpec {
 }
 
 /// Creates the folders pgBackRest writes to (run directory and volume), as this user.
-fn make_dirs(common: &Common, repo: bool) -> anyhow::Result<()> {
+fn make_dirs(common: &Common, repo: Option<&BackupSettings>) -> anyhow::Result<()> {
     let d = dir(common);
     let mut dirs = vec![d.join("lock"), d.join("log")];
-    if repo {
-        dirs.push(Path::new(&common.data_root).join(backup::defaults::REPO_SUBDIR));
+    if let Some(settings) = repo {
+        dirs.push(PathBuf::from(&settings.repo_path));
     } else {
         dirs.push(Path::new(&common.data_root).join(backup::defaults::SPOOL_SUBDIR));
     }
@@ -255,13 +287,14 @@ fn make_dirs(common: &Common, repo: bool) -> anyhow::Result<()> {
 
 /// On a data member with backups: renders pgbackrest.conf and the TLS files, and keeps this
 /// member's pgBackRest server running (the repository reads backups through it).
-pub fn start_member(common: &Common, pg_port: u16, secrets: &Secrets) -> anyhow::Result<()> {
+pub fn start_member(common: &Common, postgres: &Postgres, secrets: &Secrets) -> anyhow::Result<()> {
     let Some(settings) = &common.backup else {
         return Ok(());
     };
     let tls = write_tls(common, secrets)?;
-    make_dirs(common, false)?;
-    let conf = member_conf(common, settings, pg_port, &tls);
+    make_dirs(common, None)?;
+    let pass = passphrase(settings, secrets)?;
+    let conf = member_conf(common, settings, postgres, &tls, pass.as_deref());
     templates::write_private(&conf_path(common), conf.as_bytes())?;
     info!(repository = %settings.repo_host, path = %conf_path(common).display(), "rendered pgbackrest.conf; WAL is archived to the repository");
     tokio::spawn(crate::metrics::keep_running(server(common)));
@@ -278,6 +311,8 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
     let Role::Backup {
         members,
         pg_port,
+        member_data_root,
+        member_run_dir,
         schedule_full,
         schedule_diff,
     } = &member.role
@@ -300,20 +335,15 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let tls = write_tls(common, secrets)?;
-    make_dirs(common, true)?;
-    let passphrase = if settings.encrypt {
-        Some(secrets.get(Secret::BackupPassphrase)?.expose().to_string())
-    } else {
-        None
+    make_dirs(common, Some(settings))?;
+    let pass = passphrase(settings, secrets)?;
+    let view = MembersView {
+        hosts: members,
+        pg_port: *pg_port,
+        data_root: member_data_root,
+        run_dir: member_run_dir,
     };
-    let conf = repo_conf(
-        common,
-        settings,
-        members,
-        *pg_port,
-        &tls,
-        passphrase.as_deref(),
-    );
+    let conf = repo_conf(common, settings, &view, &tls, pass.as_deref());
     templates::write_private(&conf_path(common), conf.as_bytes())?;
     info!(path = %conf_path(common).display(), members = ?members, encrypted = settings.encrypt, "rendered the repository's pgbackrest.conf");
     tokio::spawn(stanza_then_schedule(common.clone(), schedules));
@@ -452,7 +482,13 @@ mod tests {
     #[test]
     fn member_conf_points_at_the_repository_over_tls() {
         let common = Common::new("demo", "pg1");
-        let conf = member_conf(&common, &BackupSettings::new("backup"), 5432, &tls());
+        let conf = member_conf(
+            &common,
+            &BackupSettings::new("backup"),
+            &Postgres::default(),
+            &tls(),
+            None,
+        );
         for line in [
             "repo1-host=backup",
             "repo1-host-type=tls",
@@ -464,18 +500,23 @@ mod tests {
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} missing:\n{conf}");
         }
-        assert!(!conf.contains("cipher"), "members never see the passphrase");
+        assert!(!conf.contains("cipher"), "not encrypted");
     }
 
     #[test]
     fn repo_conf_lists_every_member_and_the_passphrase_only_there() {
         let common = Common::new("demo", "backup");
         let members = vec!["pg1".to_string(), "pg2".to_string()];
+        let view = |hosts| MembersView {
+            hosts,
+            pg_port: 5432,
+            data_root: pgswarm_contract::defaults::DATA_ROOT,
+            run_dir: pgswarm_contract::defaults::RUN_DIR,
+        };
         let conf = repo_conf(
             &common,
             &BackupSettings::new("backup"),
-            &members,
-            5432,
+            &view(&members),
             &tls(),
             Some("s3cret"),
         );
@@ -486,14 +527,15 @@ mod tests {
             "backup-standby=y",
             "repo1-cipher-pass=s3cret",
             "repo1-retention-full=2",
+            "pg2-path=/var/lib/pgswarm/pgdata",
+            "pg2-socket-path=/run/pgswarm",
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} missing:\n{conf}");
         }
         let single = repo_conf(
             &common,
             &BackupSettings::new("backup"),
-            &members[..1],
-            5432,
+            &view(&members[..1]),
             &tls(),
             None,
         );

@@ -826,7 +826,7 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
     if spec.citus.is_none() {
         crate::objects::spawn_for_member(common, spec.postgres.port, secrets)?;
     }
-    crate::backup::start_member(common, spec.postgres.port, secrets)?;
+    crate::backup::start_member(common, spec.postgres, secrets)?;
     let child = ChildSpec::new("patroni", "patroni").arg(&path);
     supervise::supervise(child, std::future::pending()).await
 }
