@@ -461,9 +461,17 @@ fn time_parts(t: std::time::SystemTime) -> TimeParts {
 
 /// The repository's health: its TLS server answers.
 pub async fn health(member: &MemberEnv) -> anyhow::Result<String> {
-    pgbackrest(&member.common, &["server-ping"])
-        .await
-        .context("the repository's pgBackRest server does not answer")?;
+    let spec = ChildSpec::new("pgbackrest server-ping", "pgbackrest")
+        .arg(format!("--config={}", conf_path(&member.common).display()))
+        .args(["server-ping", "127.0.0.1"]);
+    let out = supervise::run(spec).await?;
+    if out.code != 0 {
+        anyhow::bail!(
+            "the repository's pgBackRest server does not answer: {}{}",
+            out.stdout.trim(),
+            out.stderr.trim()
+        );
+    }
     Ok("pgBackRest server answers".into())
 }
 

@@ -68,6 +68,7 @@ fn kind_name(kind: ServiceKind) -> &'static str {
         ServiceKind::Etcd => "etcd",
         ServiceKind::Router => "router",
         ServiceKind::Pooler => "pooler",
+        ServiceKind::Backup => "backup",
     }
 }
 
