@@ -7,6 +7,7 @@
 //! definitions the stack renderer uses.
 
 pub mod access;
+pub mod backup;
 pub mod certs;
 pub mod citus;
 pub mod constraints;
