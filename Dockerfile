@@ -1,5 +1,6 @@
 # The pgswarm image: Debian trixie with Debian's PostgreSQL 17, Patroni, etcd, HAProxy and
-# PgBouncer, Debian's Prometheus exporters for PostgreSQL and PgBouncer, plus `pgswarm-sidecar` (the entrypoint of every service of a pgswarm stack) and
+# PgBouncer, Debian's Prometheus exporters for PostgreSQL and PgBouncer, pgBackRest (backups and
+# WAL archiving), plus `pgswarm-sidecar` (the entrypoint of every service of a pgswarm stack) and
 # `swarmctl`.
 #
 # Build: the two binaries are built with cargo first, on a system whose glibc is not newer
@@ -45,7 +46,8 @@ RUN set -eu; \
         haproxy \
         pgbouncer \
         prometheus-postgres-exporter \
-        prometheus-pgbouncer-exporter; \
+        prometheus-pgbouncer-exporter \
+        pgbackrest; \
     if [ -n "$CITUS_VERSION" ]; then \
         if ! echo "$CITUS_VERSION" | grep -Eq '^[0-9]+[.][0-9]+$'; then \
             echo "CITUS_VERSION must be a Citus major.minor such as 13.2 (the package is" \

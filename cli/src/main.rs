@@ -280,6 +280,9 @@ Examples:
     /// Citus operations: scale-out by worker groups.
     #[command(subcommand)]
     Citus(CitusCommand),
+    /// Backups with pgBackRest (the spec's `backup` section): take one now, list them.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  swarmctl completions bash > /etc/bash_completion.d/swarmctl"
@@ -317,6 +320,32 @@ enum CitusCommand {
         /// How Citus moves shards.
         #[arg(long, value_enum, default_value = "auto")]
         shard_transfer_mode: swarm::citus::ShardTransferMode,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Take a backup now, in the repository service (from a streaming replica when there is
+    /// one); run it on the node the repository runs on.
+    #[command(after_help = "Examples:\n  swarmctl backup now\n  swarmctl backup now --type diff")]
+    Now {
+        /// The spec file, or `-` for standard input (default: the cluster of `swarmctl up`).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// full, diff (changes since the last full) or incr (since the last backup).
+        #[arg(long = "type", value_enum, default_value = "full")]
+        kind: swarm::backup::BackupType,
+    },
+    /// List the backups of the repository: label, type, start, stop, size, WAL range.
+    #[command(
+        after_help = "Examples:\n  swarmctl backup list\n  swarmctl backup list --output json"
+    )]
+    List {
+        /// The spec file, or `-` for standard input (default: the cluster of `swarmctl up`).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: OutputFormat,
     },
 }
 
@@ -398,7 +427,8 @@ fn run(command: Command) -> Result<(), Failure> {
         | Command::Down { .. }
         | Command::Psql { .. }
         | Command::Logs { .. }
-        | Command::Citus(_) => {
+        | Command::Citus(_)
+        | Command::Backup(_) => {
             init_logging();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -832,6 +862,31 @@ async fn operate(command: Command) -> Result<(), Failure> {
                     "kept".into()
                 },
             );
+        }
+        Command::Backup(BackupCommand::Now { file, kind }) => {
+            let cluster = load_cluster_or_default(file.as_deref())?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            eprintln!(
+                "backup: taking a {} backup of {} in its repository ...",
+                kind.as_str(),
+                cluster.name
+            );
+            let label = swarm::backup::now(&engine, &cluster, kind).await?;
+            println!("backup {label} done");
+        }
+        Command::Backup(BackupCommand::List { file, output }) => {
+            let cluster = load_cluster_or_default(file.as_deref())?;
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let entries = swarm::backup::list(&engine, &cluster).await?;
+            match output {
+                OutputFormat::Table => write_stdout(&swarm::backup::render_table(&entries))?,
+                OutputFormat::Json => {
+                    let mut text = serde_json::to_string_pretty(&entries)
+                        .context("cannot write the backups as JSON")?;
+                    text.push('\n');
+                    write_stdout(&text)?;
+                }
+            }
         }
         Command::Citus(CitusCommand::AddGroup {
             file,

@@ -103,6 +103,27 @@ fn sidecar_accepts(member: &MemberEnv, bin_dir: &str) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             pooler::render(&templates, &config).map_err(|e| format!("{e:#}"))?;
         }
+        Role::Backup {
+            members,
+            pg_port,
+            member_data_root,
+            member_run_dir,
+            ..
+        } => {
+            let settings = common.backup.as_ref().ok_or("backup settings missing")?;
+            let tls = pgswarm_sidecar::backup::TlsFiles {
+                ca: "/ca".into(),
+                cert: "/cert".into(),
+                key: "/key".into(),
+            };
+            let view = pgswarm_sidecar::backup::MembersView {
+                hosts: members,
+                pg_port: *pg_port,
+                data_root: member_data_root,
+                run_dir: member_run_dir,
+            };
+            pgswarm_sidecar::backup::repo_conf(common, settings, &view, &tls, Some("p"));
+        }
     }
     Ok(())
 }

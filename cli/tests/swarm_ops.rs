@@ -436,7 +436,7 @@ fn patroni_example_deploys_healthy_and_switches_over() {
 
     let (_, progress) = c.run_ok(&["deploy", "--wait", "--timeout", "420"]);
     assert!(
-        progress.contains("created secrets with random passwords"),
+        progress.contains("created secrets (random passwords"),
         "{progress}"
     );
     assert!(

@@ -8,6 +8,8 @@
 //! Secrets never travel through this contract: only the *paths* of secret files do
 //! (`PGSWARM_*_FILE`, defaulting to `/run/secrets/<name>`).
 
+pub mod backup;
+pub mod cron;
 pub mod ctl;
 pub mod objects;
 pub mod rules;
@@ -138,6 +140,25 @@ pub mod env {
     pub const METRICS_PORT: &str = "PGSWARM_METRICS_PORT";
     /// Path of the monitoring role's password file.
     pub const MONITOR_PASSWORD_FILE: &str = "PGSWARM_MONITOR_PASSWORD_FILE";
+
+    /// Path of the backup repository's passphrase file.
+    pub const BACKUP_PASSPHRASE_FILE: &str = "PGSWARM_BACKUP_PASSPHRASE_FILE";
+    /// Path of the CA certificate of pgBackRest's TLS.
+    pub const BACKUP_TLS_CA_FILE: &str = "PGSWARM_BACKUP_TLS_CA_FILE";
+    /// Path of the certificate of pgBackRest's TLS.
+    pub const BACKUP_TLS_CERT_FILE: &str = "PGSWARM_BACKUP_TLS_CERT_FILE";
+    /// Path of the private key of pgBackRest's TLS.
+    pub const BACKUP_TLS_KEY_FILE: &str = "PGSWARM_BACKUP_TLS_KEY_FILE";
+    /// Backup repository: the data members backed up, comma separated.
+    pub const BACKUP_MEMBERS: &str = "PGSWARM_BACKUP_MEMBERS";
+    /// Backup repository: the data members' data root, when not the default.
+    pub const BACKUP_MEMBER_DATA_ROOT: &str = "PGSWARM_BACKUP_MEMBER_DATA_ROOT";
+    /// Backup repository: the data members' run directory (socket), when not the default.
+    pub const BACKUP_MEMBER_RUN_DIR: &str = "PGSWARM_BACKUP_MEMBER_RUN_DIR";
+    /// Backup repository: when full backups run (cron syntax).
+    pub const BACKUP_SCHEDULE_FULL: &str = "PGSWARM_BACKUP_SCHEDULE_FULL";
+    /// Backup repository: when differential backups run (cron syntax).
+    pub const BACKUP_SCHEDULE_DIFF: &str = "PGSWARM_BACKUP_SCHEDULE_DIFF";
 }
 
 /// Defaults shared by the generator and the sidecar.
@@ -199,15 +220,35 @@ pub enum Secret {
     PoolerAuthPassword,
     /// Password of the monitoring role ([`defaults::MONITOR_USER`]) the PostgreSQL exporter uses.
     MonitorPassword,
+    /// Passphrase of the encrypted pgBackRest repository (`repo1-cipher-pass`).
+    BackupPassphrase,
+    /// The CA certificate (PEM) pgBackRest's TLS peers trust.
+    BackupTlsCa,
+    /// The certificate (PEM) of the pgBackRest TLS servers and clients of the cluster: one
+    /// certificate whose names are the repository and every data member.
+    BackupTlsCert,
+    /// Its private key (PEM).
+    BackupTlsKey,
 }
 
 impl Secret {
-    pub const ALL: [Secret; 5] = [
+    pub const ALL: [Secret; 9] = [
         Secret::SuperuserPassword,
         Secret::ReplicationPassword,
         Secret::RestPassword,
         Secret::PoolerAuthPassword,
         Secret::MonitorPassword,
+        Secret::BackupPassphrase,
+        Secret::BackupTlsCa,
+        Secret::BackupTlsCert,
+        Secret::BackupTlsKey,
+    ];
+
+    /// The secrets that are certificates or keys (generated together, not as passwords).
+    pub const BACKUP_TLS: [Secret; 3] = [
+        Secret::BackupTlsCa,
+        Secret::BackupTlsCert,
+        Secret::BackupTlsKey,
     ];
 
     /// File name inside the secrets directory (the `target` of the stack's secret mount).
@@ -218,6 +259,10 @@ impl Secret {
             Secret::RestPassword => "rest_password",
             Secret::PoolerAuthPassword => "pooler_auth_password",
             Secret::MonitorPassword => "monitor_password",
+            Secret::BackupPassphrase => "backup_passphrase",
+            Secret::BackupTlsCa => "backup_tls_ca",
+            Secret::BackupTlsCert => "backup_tls_cert",
+            Secret::BackupTlsKey => "backup_tls_key",
         }
     }
 
@@ -229,6 +274,10 @@ impl Secret {
             Secret::RestPassword => env::REST_PASSWORD_FILE,
             Secret::PoolerAuthPassword => env::POOLER_AUTH_PASSWORD_FILE,
             Secret::MonitorPassword => env::MONITOR_PASSWORD_FILE,
+            Secret::BackupPassphrase => env::BACKUP_PASSPHRASE_FILE,
+            Secret::BackupTlsCa => env::BACKUP_TLS_CA_FILE,
+            Secret::BackupTlsCert => env::BACKUP_TLS_CERT_FILE,
+            Secret::BackupTlsKey => env::BACKUP_TLS_KEY_FILE,
         }
     }
 
@@ -250,9 +299,17 @@ impl Secret {
     /// without a password); the members that can lead create the lookup user with that
     /// password; data members with metrics need the monitoring role's password for their
     /// exporter.
+    /// The backup secrets are never needed by this rule; see [`Common::needs`].
     pub fn needed_by(self, mode: Mode, metrics: bool) -> bool {
         match (self, mode) {
-            (_, Mode::Etcd | Mode::Router) => false,
+            (_, Mode::Etcd | Mode::Router | Mode::Backup) => false,
+            (
+                Secret::BackupPassphrase
+                | Secret::BackupTlsCa
+                | Secret::BackupTlsCert
+                | Secret::BackupTlsKey,
+                _,
+            ) => false,
             (Secret::MonitorPassword, Mode::Primary | Mode::Replica | Mode::Patroni) => metrics,
             (Secret::MonitorPassword, _) => false,
             (Secret::SuperuserPassword, _) => true,
@@ -281,16 +338,19 @@ pub enum Mode {
     Router,
     /// PgBouncer in front of the router.
     Pooler,
+    /// The pgBackRest repository: its TLS server, the backup schedule and expiry.
+    Backup,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Primary,
         Mode::Replica,
         Mode::Patroni,
         Mode::Etcd,
         Mode::Router,
         Mode::Pooler,
+        Mode::Backup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -301,6 +361,7 @@ impl Mode {
             Mode::Etcd => "etcd",
             Mode::Router => "router",
             Mode::Pooler => "pooler",
+            Mode::Backup => "backup",
         }
     }
 }
@@ -320,7 +381,7 @@ impl FromStr for Mode {
             .ok_or_else(|| ContractError::Invalid {
                 var: env::MODE,
                 value: s.to_string(),
-                expected: "one of primary, replica, patroni, etcd, router, pooler".into(),
+                expected: "one of primary, replica, patroni, etcd, router, pooler, backup".into(),
             })
     }
 }
@@ -465,6 +526,9 @@ pub struct Common {
     pub wait_timeout_secs: u64,
     /// Port of this member's metrics endpoint; `None` = monitoring off.
     pub metrics_port: Option<u16>,
+    /// WAL archiving to and restoring from the cluster's pgBackRest repository (data members
+    /// of a cluster with a `backup` section); `None` = no backups.
+    pub backup: Option<backup::BackupSettings>,
 }
 
 impl Common {
@@ -481,12 +545,31 @@ impl Common {
             secret_files: BTreeMap::new(),
             wait_timeout_secs: defaults::WAIT_TIMEOUT_SECS,
             metrics_port: None,
+            backup: None,
         }
     }
 
     /// Whether a secret is needed by this member in `mode` (see [`Secret::needed_by`]).
+    /// With backups on, Patroni members and the repository also need the TLS certificate,
+    /// its key and CA, and the passphrase when the repository is encrypted (pgBackRest
+    /// encrypts and decrypts on the client side: members read and write the repository's
+    /// files through its server).
     pub fn needs(&self, secret: Secret, mode: Mode) -> bool {
-        secret.needed_by(mode, self.metrics_port.is_some())
+        let backup_mode = matches!(mode, Mode::Patroni | Mode::Backup);
+        match (secret, &self.backup) {
+            (Secret::BackupPassphrase, Some(b)) => backup_mode && b.encrypt,
+            (Secret::BackupTlsCa | Secret::BackupTlsCert | Secret::BackupTlsKey, Some(_)) => {
+                backup_mode
+            }
+            (
+                Secret::BackupPassphrase
+                | Secret::BackupTlsCa
+                | Secret::BackupTlsCert
+                | Secret::BackupTlsKey,
+                None,
+            ) => false,
+            _ => secret.needed_by(mode, self.metrics_port.is_some()),
+        }
     }
 
     /// Path of a secret's file.
@@ -604,6 +687,22 @@ pub enum Role {
         /// Per-database pool settings; every other database uses the defaults above.
         databases: Vec<objects::PoolerDatabase>,
     },
+    /// The repository service; its settings (port, retention, encryption) are
+    /// `common.backup`.
+    Backup {
+        /// The data members whose pgBackRest servers backups are taken through.
+        members: Vec<String>,
+        /// PostgreSQL's port on the members.
+        pg_port: u16,
+        /// The members' data root and run directory (their `PGSWARM_DATA_ROOT` and
+        /// `PGSWARM_RUN_DIR`): where their data directory and socket are.
+        member_data_root: String,
+        member_run_dir: String,
+        /// When full backups run (a [`cron::Schedule`] as written), if scheduled.
+        schedule_full: Option<String>,
+        /// When differential backups run, if scheduled.
+        schedule_diff: Option<String>,
+    },
 }
 
 impl Role {
@@ -615,6 +714,7 @@ impl Role {
             Role::Etcd { .. } => Mode::Etcd,
             Role::Router { .. } => Mode::Router,
             Role::Pooler { .. } => Mode::Pooler,
+            Role::Backup { .. } => Mode::Backup,
         }
     }
 }
@@ -672,6 +772,9 @@ impl MemberEnv {
         }
         if let Some(port) = c.metrics_port {
             out.push((env::METRICS_PORT, port.to_string()));
+        }
+        if let Some(b) = &c.backup {
+            out.extend(b.to_env());
         }
         let push_pg = |out: &mut Vec<(&'static str, String)>, pg: &Postgres| {
             if pg.port != defaults::PG_PORT {
@@ -807,6 +910,34 @@ impl MemberEnv {
                     out.push((env::POOLER_DATABASES, json));
                 }
             }
+            // Written below: the repository's own variables.
+            Role::Backup { .. } => {}
+        }
+        if let Role::Backup {
+            members,
+            pg_port,
+            member_data_root,
+            member_run_dir,
+            schedule_full,
+            schedule_diff,
+        } = &self.role
+        {
+            out.push((env::BACKUP_MEMBERS, join(members)));
+            if *pg_port != defaults::PG_PORT {
+                out.push((env::PG_PORT, pg_port.to_string()));
+            }
+            if member_data_root != defaults::DATA_ROOT {
+                out.push((env::BACKUP_MEMBER_DATA_ROOT, member_data_root.clone()));
+            }
+            if member_run_dir != defaults::RUN_DIR {
+                out.push((env::BACKUP_MEMBER_RUN_DIR, member_run_dir.clone()));
+            }
+            if let Some(s) = schedule_full {
+                out.push((env::BACKUP_SCHEDULE_FULL, s.clone()));
+            }
+            if let Some(s) = schedule_diff {
+                out.push((env::BACKUP_SCHEDULE_DIFF, s.clone()));
+            }
         }
         out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
@@ -861,6 +992,7 @@ impl MemberEnv {
                 None => None,
                 Some(_) => Some(r.parsed(env::METRICS_PORT, 0)?),
             },
+            backup: backup::BackupSettings::from_lookup(&lookup)?,
         };
         let postgres = || -> Result<Postgres, ContractError> {
             let parameters = match r.get(env::PG_PARAMETERS) {
@@ -988,6 +1120,15 @@ impl MemberEnv {
                     ro_fallback: r.parsed(env::ROUTER_RO_FALLBACK, true)?,
                 }
             }
+            Mode::Backup => {
+                if common.backup.is_none() {
+                    return Err(ContractError::Missing {
+                        var: backup::env::REPO_HOST,
+                        mode: m.into(),
+                    });
+                }
+                Role::backup_from(&r)?
+            }
             Mode::Pooler => Role::Pooler {
                 target: Endpoint {
                     host: r.required(env::POOLER_TARGET_HOST, m)?,
@@ -1015,6 +1156,43 @@ impl MemberEnv {
             },
         };
         Ok(MemberEnv { common, role })
+    }
+}
+
+impl Role {
+    fn backup_from(r: &Reader<'_, impl Fn(&str) -> Option<String>>) -> Result<Role, ContractError> {
+        let members = r.list(env::BACKUP_MEMBERS);
+        if members.is_empty() {
+            return Err(ContractError::Missing {
+                var: env::BACKUP_MEMBERS,
+                mode: Mode::Backup.to_string(),
+            });
+        }
+        let schedule = |var: &'static str| -> Result<Option<String>, ContractError> {
+            match r.get(var) {
+                None => Ok(None),
+                Some(text) => match cron::Schedule::parse(&text) {
+                    Ok(s) => Ok(Some(s.as_str().to_string())),
+                    Err(e) => Err(ContractError::Invalid {
+                        var,
+                        value: text,
+                        expected: e.to_string(),
+                    }),
+                },
+            }
+        };
+        Ok(Role::Backup {
+            members,
+            pg_port: r.parsed(env::PG_PORT, defaults::PG_PORT)?,
+            member_data_root: r
+                .get(env::BACKUP_MEMBER_DATA_ROOT)
+                .unwrap_or(defaults::DATA_ROOT.into()),
+            member_run_dir: r
+                .get(env::BACKUP_MEMBER_RUN_DIR)
+                .unwrap_or(defaults::RUN_DIR.into()),
+            schedule_full: schedule(env::BACKUP_SCHEDULE_FULL)?,
+            schedule_diff: schedule(env::BACKUP_SCHEDULE_DIFF)?,
+        })
     }
 }
 
@@ -1104,6 +1282,10 @@ mod tests {
             .secret_files
             .insert(Secret::SuperuserPassword, "/s/p".into());
         common.metrics_port = Some(9187);
+        common.backup = Some(backup::BackupSettings {
+            archive_timeout_secs: 30,
+            ..backup::BackupSettings::new("backup")
+        });
         let roles = vec![
             Role::Primary {
                 postgres: Postgres::default(),
@@ -1155,6 +1337,14 @@ mod tests {
                     pool_mode: Some(objects::PoolModeSetting::Session),
                 }],
             },
+            Role::Backup {
+                members: vec!["pg1".into(), "pg2".into()],
+                pg_port: 5433,
+                member_data_root: "/data".into(),
+                member_run_dir: defaults::RUN_DIR.into(),
+                schedule_full: Some("0 3 * * 0".into()),
+                schedule_diff: None,
+            },
         ];
         for role in roles {
             let member = MemberEnv {
@@ -1163,6 +1353,37 @@ mod tests {
             };
             assert_eq!(round_trip(&member), member);
         }
+    }
+
+    #[test]
+    fn backup_secrets_follow_the_backup_settings() {
+        let mut common = Common::new("demo", "m");
+        let tls = [
+            Secret::BackupTlsCa,
+            Secret::BackupTlsCert,
+            Secret::BackupTlsKey,
+        ];
+        for mode in Mode::ALL {
+            for s in tls.iter().chain([&Secret::BackupPassphrase]) {
+                assert!(!common.needs(*s, mode), "{mode} {s:?} without backups");
+            }
+        }
+        common.backup = Some(backup::BackupSettings::new("backup"));
+        for mode in Mode::ALL {
+            let uses = matches!(mode, Mode::Patroni | Mode::Backup);
+            for s in tls.iter().chain([&Secret::BackupPassphrase]) {
+                assert_eq!(common.needs(*s, mode), uses, "{mode} {s:?}");
+            }
+        }
+        // The repository holds no database credential.
+        assert!(!common.needs(Secret::SuperuserPassword, Mode::Backup));
+        common.backup = Some(backup::BackupSettings {
+            encrypt: false,
+            ..backup::BackupSettings::new("backup")
+        });
+        assert!(!common.needs(Secret::BackupPassphrase, Mode::Backup));
+        assert!(!common.needs(Secret::BackupPassphrase, Mode::Patroni));
+        assert!(common.needs(Secret::BackupTlsKey, Mode::Patroni));
     }
 
     #[test]

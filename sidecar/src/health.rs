@@ -2,7 +2,7 @@
 //!
 //! Primary and replica: PostgreSQL accepts a connection on its local socket and is in the
 //! expected role (a primary not in recovery, a replica in recovery). Patroni, etcd, router and
-//! pooler: the `health` function of their modules.
+//! pooler and the backup repository: the `health` function of their modules.
 
 use anyhow::bail;
 use pgswarm_contract::{MemberEnv, Role};
@@ -19,6 +19,7 @@ pub async fn check(member: &MemberEnv) -> anyhow::Result<String> {
         Role::Etcd { .. } => crate::etcd::health(member).await,
         Role::Router { .. } => crate::router::health(member).await,
         Role::Pooler { .. } => crate::pooler::health(member).await,
+        Role::Backup { .. } => crate::backup::health(member).await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! supervises the real process as PID 1. `main` does the process-level work (privileges,
 //! runtime, exit codes); [`run`] picks the mode.
 
+pub mod backup;
 pub mod etcd;
 pub mod health;
 pub mod http;
@@ -78,5 +79,6 @@ pub async fn run(member: MemberEnv, secrets: Secrets, templates: Templates) -> a
         Role::Etcd { .. } => etcd::run(&member).await,
         Role::Router { .. } => router::run(&member, &templates).await,
         Role::Pooler { .. } => pooler::run(&member, &secrets, &templates).await,
+        Role::Backup { .. } => backup::run(&member, &secrets).await,
     }
 }

@@ -265,7 +265,7 @@ pub fn start(member: &MemberEnv, secrets: &Secrets, templates: &Templates) -> an
                 *port,
             )));
         }
-        Role::Router { .. } | Role::Etcd { .. } => {}
+        Role::Router { .. } | Role::Etcd { .. } | Role::Backup { .. } => {}
     }
     Ok(())
 }

@@ -360,6 +360,9 @@ pub struct PostgresqlSection {
     pub pg_hba: Vec<String>,
     /// Parameters local to this member (they take effect on its next start).
     pub parameters: BTreeMap<String, String>,
+    /// Recovery settings (`restore_command` from the backup repository), when backups are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_conf: Option<BTreeMap<String, String>>,
 }
 
 /// The roles Patroni logs in as.
@@ -489,6 +492,14 @@ pub fn render(
         "unix_socket_directories".into(),
         common.socket_dir().to_string(),
     );
+    // Continuous archiving to the cluster's repository, when it has one.
+    let recovery_conf = common.backup.as_ref().map(|settings| {
+        dcs_parameters.extend(crate::backup::archive_parameters(common, settings));
+        BTreeMap::from([(
+            "restore_command".to_string(),
+            crate::backup::restore_command(common),
+        )])
+    });
     for (name, value) in &pg.parameters {
         let lower = name.to_ascii_lowercase();
         if DCS_ONLY_PARAMETERS.contains(&lower.as_str()) {
@@ -557,6 +568,7 @@ pub fn render(
             basebackup: vec![BTreeMap::from([("checkpoint".into(), "fast".into())])],
             pg_hba: pg_hba(common, &host.allowed_cidrs),
             parameters: local_parameters,
+            recovery_conf,
         },
         watchdog: Watchdog { mode: "off".into() },
         tags,
@@ -814,6 +826,7 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
     if spec.citus.is_none() {
         crate::objects::spawn_for_member(common, spec.postgres.port, secrets)?;
     }
+    crate::backup::start_member(common, spec.postgres, secrets)?;
     let child = ChildSpec::new("patroni", "patroni").arg(&path);
     supervise::supervise(child, std::future::pending()).await
 }

@@ -13,6 +13,7 @@ mod emit;
 use crate::keepalive;
 use crate::placement;
 use crate::spec::{Cluster, PortMode, ResourceSet, Service, ServiceKind};
+use pgswarm_contract::Secret;
 use serde::Serialize;
 
 pub mod prometheus;
@@ -280,7 +281,7 @@ fn timing(kind: ServiceKind) -> Timing {
             start_period: "60s",
             stop_grace_period: "30s",
         },
-        ServiceKind::Router | ServiceKind::Pooler => Timing {
+        ServiceKind::Router | ServiceKind::Pooler | ServiceKind::Backup => Timing {
             interval: "5s",
             timeout: "3s",
             retries: 3,
@@ -516,7 +517,14 @@ fn header(cluster: &Cluster) -> String {
     let secrets = cluster.secrets();
     if !secrets.is_empty() {
         h.push_str("# It needs these Docker secrets (swarmctl deploy creates missing ones):\n");
-        for s in &secrets {
+        for s in secrets.iter().filter(|s| Secret::BACKUP_TLS.contains(s)) {
+            h.push_str(&format!(
+                "#   {} (pgBackRest's TLS: a CA, one certificate and its key, made together by \
+                 swarmctl deploy)\n",
+                s.docker_name(name)
+            ));
+        }
+        for s in secrets.iter().filter(|s| !Secret::BACKUP_TLS.contains(s)) {
             h.push_str(&format!(
                 "#   tr -dc A-Za-z0-9 </dev/urandom | head -c 32 | docker secret create {} -\n",
                 s.docker_name(name)

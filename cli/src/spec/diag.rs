@@ -101,6 +101,9 @@ rules! {
     /// A declared database that is malformed, reserved, duplicated or has an unknown owner
     /// or reader.
     Databases = "databases", Error;
+    /// A `backup` section that is malformed: retention, schedule, archive_timeout, a
+    /// PostgreSQL parameter archiving owns, or a topology without backups.
+    Backup = "backup", Error;
     /// A Patroni cluster or Citus group of one member: no failover.
     SingleMember = "single-member", Warning;
     /// One etcd member: the DCS itself has no redundancy.

@@ -56,6 +56,8 @@ pub enum ServiceKind {
     Router,
     /// The PgBouncer pooler.
     Pooler,
+    /// The pgBackRest repository (the `backup` section).
+    Backup,
 }
 
 /// How a published port is exposed.

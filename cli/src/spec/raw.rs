@@ -63,6 +63,72 @@ pub struct RawSpec {
     /// Prometheus metrics endpoints (on by default).
     #[serde(default)]
     pub monitoring: Option<RawMonitoring>,
+    /// Backups and continuous WAL archiving with pgBackRest (`patroni` topology).
+    #[serde(default)]
+    pub backup: Option<RawBackup>,
+}
+
+/// Backups with pgBackRest: a repository service of the stack holds the backups and the
+/// archived WAL on its own volume; every member archives WAL to it.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    /// `false` turns backups and archiving off (default true when the section is present).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The repository service (pgBackRest's TLS server on its own volume).
+    #[serde(default)]
+    pub repository: Option<RawBackupRepository>,
+    /// How many backups are kept.
+    #[serde(default)]
+    pub retention: Option<RawRetention>,
+    /// When backups are taken (cron expressions: minute hour day-of-month month day-of-week).
+    #[serde(default)]
+    pub schedule: Option<RawSchedule>,
+    /// Seconds after which a partly filled WAL segment is archived anyway: the most a
+    /// quiet cluster can lose with all its volumes (default 60).
+    #[serde(default)]
+    pub archive_timeout: Option<u64>,
+    /// Encrypt the repository with a generated passphrase secret (default true).
+    #[serde(default)]
+    pub encrypt: Option<bool>,
+}
+
+/// The repository service.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackupRepository {
+    /// Service name (default `backup`).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub placement: Option<RawPlacement>,
+    #[serde(default)]
+    pub resources: Option<RawResources>,
+}
+
+/// Backups kept by pgBackRest's expiry.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Full backups kept (default 2).
+    #[serde(default)]
+    pub full: Option<u64>,
+    /// Differential backups kept (default: pgBackRest's, as many as the full backups).
+    #[serde(default)]
+    pub diff: Option<u64>,
+}
+
+/// Backup schedule, run by the repository service.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// When full backups run, e.g. `0 3 * * 0` (default: none scheduled).
+    #[serde(default)]
+    pub full: Option<String>,
+    /// When differential backups run, e.g. `0 3 * * 1-6`.
+    #[serde(default)]
+    pub diff: Option<String>,
 }
 
 /// One application role.

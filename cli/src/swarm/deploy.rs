@@ -91,8 +91,10 @@ pub async fn deploy(
     preflight(engine, cluster).await?;
     let created = secrets::create_missing(engine, cluster).await?;
     if !created.is_empty() {
+        // Passwords and the passphrase are random; the TLS secrets are a generated CA,
+        // certificate and key.
         progress.say(&format!(
-            "created secrets with random passwords: {}",
+            "created secrets (random passwords, generated certificates): {}",
             created.join(", ")
         ));
     }

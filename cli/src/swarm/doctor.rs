@@ -289,6 +289,7 @@ pub async fn run(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Report> {
     published_ports(engine, cluster, &mut report).await?;
     etcd_quorum(engine, cluster, &nodes, &mut report).await?;
     ports(&mut report, &swarm.node_addr, nodes.len() > 1);
+    archiving(engine, cluster, &mut report).await;
     Ok(report)
 }
 
@@ -460,6 +461,53 @@ pub fn etcd_verdict(cluster: &Cluster, reply: &EtcdStatusReply) -> (Verdict, Str
             absent.join(", ")
         ),
     )
+}
+
+/// With backups on and the cluster deployed: WAL archiving on each primary is not failing.
+async fn archiving(engine: &Engine, cluster: &Cluster, report: &mut Report) {
+    if super::backup::repository(cluster).is_err() {
+        return;
+    }
+    let Ok(status) = super::status::read(engine, cluster).await else {
+        return;
+    };
+    if status.archiver.is_empty() {
+        report.add(
+            Verdict::Warn,
+            "WAL archiving",
+            "no primary answered: cannot tell whether WAL reaches the backup repository",
+        );
+    }
+    for a in &status.archiver {
+        if a.stuck {
+            report.add(
+                Verdict::Fail,
+                "WAL archiving",
+                format!(
+                    "failing on {}: the last attempt ({}, {} s ago) failed, {} failures in all; \
+                     the repository may be unreachable, full or refusing the certificate \
+                     (`swarmctl logs {}` shows pgBackRest's error)",
+                    a.member,
+                    a.last_failed_wal.as_deref().unwrap_or("?"),
+                    a.last_failed_age_s.unwrap_or(0),
+                    a.failed,
+                    a.member
+                ),
+            );
+        } else {
+            report.add(
+                Verdict::Ok,
+                "WAL archiving",
+                format!(
+                    "{}: {} segments archived, last {}",
+                    a.member,
+                    a.archived,
+                    a.last_archived_age_s
+                        .map_or("never".into(), |s| format!("{s} s ago"))
+                ),
+            );
+        }
+    }
 }
 
 /// Published ports of `cluster` that a service of another stack already publishes.

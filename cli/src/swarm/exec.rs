@@ -38,6 +38,16 @@ impl ExecOutput {
 
 /// Runs `cmd` in `container` as the image's user and collects its output.
 pub async fn exec(engine: &Engine, container: &str, cmd: &[&str]) -> anyhow::Result<ExecOutput> {
+    exec_as(engine, container, None, cmd).await
+}
+
+/// Runs `cmd` in `container` as `user` (the image's user when `None`).
+pub async fn exec_as(
+    engine: &Engine,
+    container: &str,
+    user: Option<&str>,
+    cmd: &[&str],
+) -> anyhow::Result<ExecOutput> {
     let short: String = container.chars().take(12).collect();
     let created = engine
         .docker
@@ -47,6 +57,7 @@ pub async fn exec(engine: &Engine, container: &str, cmd: &[&str]) -> anyhow::Res
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
                 cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                user: user.map(str::to_string),
                 ..Default::default()
             },
         )

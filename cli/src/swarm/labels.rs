@@ -44,6 +44,7 @@ pub fn group_of(service: &Service) -> String {
         ServiceKind::Etcd => "etcd".into(),
         ServiceKind::Router => "router".into(),
         ServiceKind::Pooler => "pooler".into(),
+        ServiceKind::Backup => "backup repository".into(),
     }
 }
 

@@ -7,6 +7,8 @@
 //! definitions the stack renderer uses.
 
 pub mod access;
+pub mod backup;
+pub mod certs;
 pub mod citus;
 pub mod constraints;
 pub mod deploy;

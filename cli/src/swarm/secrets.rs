@@ -10,7 +10,9 @@ use bollard::models::SecretSpec;
 use pgswarm_contract::Secret;
 
 use crate::render::labels;
-use crate::spec::Cluster;
+use crate::spec::{Cluster, ServiceKind};
+
+use super::certs::{CertificateAuthority, LeafRequest, Usage};
 
 use super::Engine;
 
@@ -102,9 +104,31 @@ pub async fn create_missing(engine: &Engine, cluster: &Cluster) -> anyhow::Resul
     if !absent.is_empty() {
         anyhow::bail!("{}", absent.join("\n"));
     }
-    let mut names: Vec<String> = missing(engine, cluster)
-        .await?
+    let missing = missing(engine, cluster).await?;
+    let mut certificates = Vec::new();
+    let tls_missing: Vec<Secret> = missing
+        .iter()
+        .copied()
+        .filter(|s| Secret::BACKUP_TLS.contains(s))
+        .collect();
+    if !tls_missing.is_empty() {
+        if tls_missing.len() != Secret::BACKUP_TLS.len() {
+            let present: Vec<String> = Secret::BACKUP_TLS
+                .iter()
+                .filter(|s| !tls_missing.contains(s))
+                .map(|s| s.docker_name(&cluster.name))
+                .collect();
+            anyhow::bail!(
+                "the backup TLS secrets are made together (a CA, a certificate and its key), and                  only some exist: remove {} (`docker secret rm {}`, with the stack down) so                  swarmctl generates all three again",
+                present.join(", "),
+                present.join(" ")
+            );
+        }
+        certificates = backup_tls(cluster)?;
+    }
+    let mut names: Vec<String> = missing
         .into_iter()
+        .filter(|s| !Secret::BACKUP_TLS.contains(s))
         .map(|s| s.docker_name(&cluster.name))
         .collect();
     names.extend(
@@ -115,25 +139,61 @@ pub async fn create_missing(engine: &Engine, cluster: &Cluster) -> anyhow::Resul
             .map(|r| r.docker_name.clone()),
     );
     let mut created = Vec::new();
+    for (secret, pem) in certificates {
+        let name = secret.docker_name(&cluster.name);
+        create(engine, cluster, &name, pem.as_bytes()).await?;
+        tracing::info!(secret = %name, "created a Docker secret for pgBackRest's TLS");
+        created.push(name);
+    }
     for name in names {
         let password = random_password()?;
-        engine
-            .docker
-            .create_secret(SecretSpec {
-                name: Some(name.clone()),
-                labels: Some(HashMap::from([(
-                    labels::CLUSTER.to_string(),
-                    cluster.name.clone(),
-                )])),
-                data: Some(base64(password.as_bytes())),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("cannot create the Docker secret {name}"))?;
+        create(engine, cluster, &name, password.as_bytes()).await?;
         tracing::info!(secret = %name, "created a Docker secret with a random password");
         created.push(name);
     }
     Ok(created)
+}
+
+/// Creates one Docker secret of `cluster`.
+async fn create(engine: &Engine, cluster: &Cluster, name: &str, data: &[u8]) -> anyhow::Result<()> {
+    engine
+        .docker
+        .create_secret(SecretSpec {
+            name: Some(name.to_string()),
+            labels: Some(HashMap::from([(
+                labels::CLUSTER.to_string(),
+                cluster.name.clone(),
+            )])),
+            data: Some(base64(data)),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("cannot create the Docker secret {name}"))?;
+    Ok(())
+}
+
+/// The CA, certificate and key of pgBackRest's TLS for `cluster` (PEM): one certificate for
+/// every server and client of the cluster, named after the repository and every data member
+/// (short and full service names), with the common name the servers admit. The CA's key is
+/// dropped once the certificate is signed: nothing else can be signed by it.
+pub fn backup_tls(cluster: &Cluster) -> anyhow::Result<Vec<(Secret, String)>> {
+    let names: Vec<String> = cluster
+        .services
+        .iter()
+        .filter(|s| matches!(s.kind, ServiceKind::Data { .. } | ServiceKind::Backup))
+        .flat_map(|s| [s.name.clone(), super::service_name(&cluster.name, &s.name)])
+        .collect();
+    let ca = CertificateAuthority::generate(&format!("pgswarm {} backup CA", cluster.name))?;
+    let leaf = ca.issue(&LeafRequest {
+        common_name: pgswarm_contract::backup::tls_common_name(&cluster.name),
+        names,
+        usage: Usage::ServerAndClient,
+    })?;
+    Ok(vec![
+        (Secret::BackupTlsCa, ca.cert_pem().to_string()),
+        (Secret::BackupTlsCert, leaf.cert_pem),
+        (Secret::BackupTlsKey, leaf.key_pem),
+    ])
 }
 
 /// Removes the Docker secrets of `cluster` that exist; returns the names removed.
@@ -185,6 +245,33 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn backup_tls_names_the_repository_and_every_member() {
+        let text = "name: demo\ntopology: patroni\nmembers: 2\nbackup: {}\n";
+        let cluster = crate::spec::parse(text).expect("valid").cluster;
+        let pems = backup_tls(&cluster).expect("certificates");
+        let cert = &pems[1].1;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).expect("PEM");
+        let x509 = pem.parse_x509().expect("X.509");
+        let names: Vec<String> = x509
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        for name in ["backup", "demo_backup", "pg1", "demo_pg1", "pg2"] {
+            assert!(
+                names.contains(&format!("DNSName({name})")),
+                "{name}: {names:?}"
+            );
+        }
+        assert_eq!(x509.subject().to_string(), "CN=pgswarm-demo-backup");
+        assert!(pems[2].1.contains("PRIVATE KEY"));
     }
 
     #[test]

@@ -60,6 +60,13 @@ pub struct ArchiverStatus {
     pub failed: u64,
     /// Seconds since the last segment was archived; `None` when none ever was.
     pub last_archived_age_s: Option<u64>,
+    /// The last attempt failed (after the last success, or none ever succeeded).
+    pub stuck: bool,
+    /// The segment of the last failed attempt, and how long ago it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failed_wal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failed_age_s: Option<u64>,
 }
 
 fn kind_name(kind: ServiceKind) -> &'static str {
@@ -68,6 +75,7 @@ fn kind_name(kind: ServiceKind) -> &'static str {
         ServiceKind::Etcd => "etcd",
         ServiceKind::Router => "router",
         ServiceKind::Pooler => "pooler",
+        ServiceKind::Backup => "backup",
     }
 }
 
@@ -125,6 +133,9 @@ pub fn join(
                 archived: a.archived,
                 failed: a.archive_failed,
                 last_archived_age_s: a.last_archived_age_s,
+                stuck: a.archiving_stuck(),
+                last_failed_wal: a.last_failed_wal.clone(),
+                last_failed_age_s: a.last_failed_age_s,
             })
             .collect(),
         database_view_error: db.err(),
@@ -207,6 +218,15 @@ pub fn render_table(status: &ClusterStatus) -> String {
             a.last_archived_age_s
                 .map_or("never".into(), |s| format!("{s} s ago"))
         ));
+        if a.stuck {
+            out.push_str(&format!(
+                "  ARCHIVING FAILING: the last attempt ({}, {} s ago) failed; the WAL piles up in \
+                 pg_wal until it succeeds (swarmctl logs {} shows pgBackRest's error)\n",
+                a.last_failed_wal.as_deref().unwrap_or("?"),
+                a.last_failed_age_s.unwrap_or(0),
+                a.member
+            ));
+        }
     }
     if let Some(e) = &status.database_view_error {
         out.push_str(&format!("database view unavailable: {e}\n"));

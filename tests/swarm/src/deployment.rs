@@ -214,7 +214,7 @@ impl Deployment {
             .with_context(|| format!("cannot write {}", stack_path.display()))?;
 
         self.label_node(&spec_path)?;
-        self.create_secrets()?;
+        self.create_secrets(spec)?;
 
         info!(stack = %self.name, file = %stack_path.display(), "docker stack deploy");
         self.deployed_at = Instant::now();
@@ -296,8 +296,38 @@ impl Deployment {
             .collect()
     }
 
-    fn create_secrets(&mut self) -> Result<()> {
+    fn create_secrets(&mut self, spec: &str) -> Result<()> {
+        // pgBackRest's TLS secrets are a CA, a certificate and its key, made as swarmctl does.
+        let mut certificates = BTreeMap::new();
+        if self
+            .stack
+            .external_secrets()
+            .iter()
+            .any(|n| n == &Secret::BackupTlsCa.docker_name(&self.name))
+        {
+            let cluster = swarmctl::spec::parse(spec)
+                .map_err(|e| anyhow!("{}", e.render("cluster.yml")))?
+                .cluster;
+            for (secret, pem) in swarmctl::swarm::secrets::backup_tls(&cluster)? {
+                certificates.insert(secret.docker_name(&self.name), pem);
+            }
+        }
         for name in self.stack.external_secrets() {
+            if let Some(pem) = certificates.get(&name) {
+                docker_with_stdin(
+                    &[
+                        "secret",
+                        "create",
+                        "--label",
+                        &format!("pgswarm.e2e={}", self.name),
+                        &name,
+                        "-",
+                    ],
+                    pem.as_bytes(),
+                )?;
+                self.created_secrets.push(name.clone());
+                continue;
+            }
             let password = Password::random()?;
             docker_with_stdin(
                 &[

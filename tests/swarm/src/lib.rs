@@ -7,6 +7,7 @@
 //! Everything a run creates is named after the run and removed when its [`Deployment`] is
 //! dropped, also when a scenario fails.
 
+pub mod backup;
 pub mod citus;
 pub mod deployment;
 pub mod docker;

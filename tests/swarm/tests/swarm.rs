@@ -84,6 +84,32 @@ async fn declared_roles_log_in_through_the_pooler_and_change_without_a_restart(
     Ok(())
 }
 
+/// Backups: WAL archived to the repository service over pgBackRest's TLS, a full backup in
+/// the repository, and a point-in-time restore to a moment between two batches of rows (and
+/// before a DROP TABLE) with exactly the rows committed before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_in_time_restore_from_the_repository_has_exactly_the_rows_before_the_target(
+) -> anyhow::Result<()> {
+    init_logging();
+    let image = ensure_image()?;
+    let name = deployment::unique_name("e2ebk");
+    let spec = format!(
+        "{}backup:\n  archive_timeout: 10\n",
+        specs::patroni(&name, &image, false)?
+    );
+    let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
+    let report = pgswarm_swarm_tests::backup::pitr(&cluster.dep, &cluster.members).await?;
+    eprintln!(
+        "backup: stanza and first full backup {:.1} s after ready ({}), restore to the target \
+         and count {:.1} s, {} rows",
+        report.stanza_and_first_backup.as_secs_f64(),
+        report.backup_label,
+        report.restore.as_secs_f64(),
+        report.rows_restored
+    );
+    Ok(())
+}
+
 /// Monitoring: every metrics endpoint answers on the overlay network with the key series
 /// (pg_up, the leader's role, each replica's lag, Patroni's primary flag, HAProxy's server
 /// states, etcd's leader, PgBouncer's pools), a replica's lag rises while its replay is

@@ -52,6 +52,7 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
         return None;
     };
     check_sections(ctx, raw, topology, &root);
+    let backup = check_backup(ctx, raw, topology, &root);
 
     let uses_patroni = topology != Topology::Replication;
     let timing = if uses_patroni {
@@ -99,7 +100,13 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
             .is_some_and(|p| p.enabled != Some(false)),
         _ => raw.pooler.as_ref().and_then(|p| p.enabled) != Some(false),
     };
-    let drafts: Vec<&Draft> = plan.members.iter().map(|(d, _)| d).chain(&etcd).collect();
+    let drafts: Vec<&Draft> = plan
+        .members
+        .iter()
+        .map(|(d, _)| d)
+        .chain(&etcd)
+        .chain(backup.as_ref().map(|b| &b.draft))
+        .collect();
     check_names(ctx, &raw.name, &drafts, router_enabled, pooler_enabled);
 
     let mut services: Vec<Service> = Vec::new();
@@ -244,6 +251,20 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
         ));
     }
 
+    if let Some(plan) = &backup {
+        let members: Vec<String> = services
+            .iter()
+            .filter(|s| matches!(s.kind, ServiceKind::Data { .. }))
+            .map(|s| s.name.clone())
+            .collect();
+        for service in services
+            .iter_mut()
+            .filter(|s| matches!(s.kind, ServiceKind::Data { .. }))
+        {
+            service.env.common.backup = Some(plan.settings.clone());
+        }
+        services.push(backup_service(ctx, &shared, plan, members));
+    }
     check_ports(ctx, &services, &port_paths);
     let (objects, role_secrets, pooler_databases) = check_objects(
         ctx,
@@ -550,6 +571,13 @@ fn own_ports(service: &Service) -> Vec<(u16, &'static str)> {
             out
         }
         Role::Pooler { port, .. } => vec![(*port, "PgBouncer")],
+        Role::Backup { .. } => service
+            .env
+            .common
+            .backup
+            .as_ref()
+            .map(|b| vec![(b.repo_port, "pgBackRest's TLS server")])
+            .unwrap_or_default(),
     }
 }
 
@@ -619,6 +647,7 @@ pub(super) fn add_metrics(
             }
             Role::Router { .. } => (Some(endpoint("haproxy", router)), "router_port"),
             Role::Pooler { .. } => (Some(endpoint("pgbouncer", pooler)), "pooler_port"),
+            Role::Backup { .. } => (None, ""),
         };
         let Some(exporter) = exporter else { continue };
         if let Some((_, what)) = own_ports(service)

@@ -9,12 +9,14 @@
 //! service may run, and [`assemble`] puts the services together into a [`Cluster`].
 
 mod assemble;
+mod backup;
 mod objects;
 mod placing;
 mod plan;
 mod rules;
 
 use assemble::*;
+use backup::*;
 use objects::*;
 use placing::*;
 use plan::*;

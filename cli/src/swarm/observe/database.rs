@@ -44,16 +44,33 @@ pub struct Activity {
     pub archive_failed: u64,
     /// Seconds since the last segment was archived; `None` when none ever was.
     pub last_archived_age_s: Option<u64>,
+    /// Seconds since the last failed attempt, and the segment it was for; `None` when none.
+    pub last_failed_age_s: Option<u64>,
+    pub last_failed_wal: Option<String>,
+}
+
+impl Activity {
+    /// Archiving is failing: the last attempt failed (after the last success, or with none).
+    pub fn archiving_stuck(&self) -> bool {
+        match (self.last_failed_age_s, self.last_archived_age_s) {
+            (Some(failed), Some(archived)) => failed < archived,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }
 
 const ACTIVITY_SQL: &str = "SELECT (SELECT count(*) FROM pg_stat_activity \
     WHERE backend_type = 'client backend'), pg_is_in_recovery(), archived_count, failed_count, \
-    extract(epoch FROM now() - last_archived_time)::bigint FROM pg_stat_archiver";
+    extract(epoch FROM now() - last_archived_time)::bigint, \
+    extract(epoch FROM now() - last_failed_time)::bigint, last_failed_wal FROM pg_stat_archiver";
 
 /// Parses one row of [`ACTIVITY_SQL`].
 pub fn parse_activity(fields: &[Option<String>]) -> Option<Activity> {
-    let [connections, in_recovery, archived, failed, age] = fields else {
-        return None;
+    let (connections, in_recovery, archived, failed, age, failed_age, failed_wal) = match fields {
+        [c, r, a, f, age] => (c, r, a, f, age, &None, &None),
+        [c, r, a, f, age, fage, fwal] => (c, r, a, f, age, fage, fwal),
+        _ => return None,
     };
     Some(Activity {
         connections: connections.as_deref()?.parse().ok()?,
@@ -61,6 +78,8 @@ pub fn parse_activity(fields: &[Option<String>]) -> Option<Activity> {
         archived: archived.as_deref()?.parse().ok()?,
         archive_failed: failed.as_deref()?.parse().ok()?,
         last_archived_age_s: age.as_deref().and_then(|a| a.parse().ok()),
+        last_failed_age_s: failed_age.as_deref().and_then(|a| a.parse().ok()),
+        last_failed_wal: failed_wal.clone(),
     })
 }
 
@@ -367,9 +386,37 @@ mod tests {
                 primary: true,
                 archived: 12,
                 archive_failed: 1,
-                last_archived_age_s: None
+                last_archived_age_s: None,
+                last_failed_age_s: None,
+                last_failed_wal: None,
             }
         );
+        let stuck = parse_activity(&row(&[
+            Some("1"),
+            Some("f"),
+            Some("5"),
+            Some("3"),
+            Some("120"),
+            Some("4"),
+            Some("000000010000000000000009"),
+        ]))
+        .expect("parses");
+        assert!(stuck.archiving_stuck());
+        assert_eq!(
+            stuck.last_failed_wal.as_deref(),
+            Some("000000010000000000000009")
+        );
+        let recovered = parse_activity(&row(&[
+            Some("1"),
+            Some("f"),
+            Some("5"),
+            Some("3"),
+            Some("4"),
+            Some("120"),
+            Some("000000010000000000000009"),
+        ]))
+        .expect("parses");
+        assert!(!recovered.archiving_stuck());
         assert!(
             parse_activity(&row(&[Some("x"), Some("t"), Some("0"), Some("0"), None])).is_none()
         );
