@@ -379,6 +379,7 @@ impl MultiNodeCluster {
         restored?;
         wait_rejoined(cluster, &old_leader, &old_container).await?;
         cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+        probes.wait_both_acked_since(at).await?;
         let settled_after = at.elapsed();
         let (router, pooler, missing, stopped) = probes.finish(cluster, table).await?;
         ensure_not_reinitialised(cluster, &before).await?;
@@ -456,6 +457,7 @@ impl MultiNodeCluster {
         healed?;
         wait_rejoined(cluster, &old_leader, &old_container).await?;
         cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+        probes.wait_both_acked_since(at).await?;
         let settled_after = at.elapsed();
         let (router, pooler, mut missing, stopped) = probes.finish(cluster, &table).await?;
         // Every commit the cut-off primary acknowledged must have survived.
@@ -724,6 +726,20 @@ impl Probes {
 
     async fn pooler_acked_since(&self, at: Instant) -> bool {
         self.pooler.last_ack().await.is_some_and(|t| t > at)
+    }
+
+    /// Waits until both writers have had a commit acknowledged after `at`: the pooler may take
+    /// longer than the cluster to come back (when its node was the one lost, Swarm reschedules
+    /// it once it marks the node down), and stopping the writers before would count its
+    /// recovery as missing.
+    async fn wait_both_acked_since(&self, at: Instant) -> Result<()> {
+        wait_until(
+            "writes acknowledged again through the router and the pooler",
+            RECOVERY_TIMEOUT,
+            || async { Ok(self.router_acked_since(at).await && self.pooler_acked_since(at).await) },
+        )
+        .await?;
+        Ok(())
     }
 
     /// Stops both and returns their logs, the acknowledged ids missing on the leader, and
