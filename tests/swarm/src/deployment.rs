@@ -374,12 +374,12 @@ impl Deployment {
             .ok_or_else(|| anyhow!("port {target} of service {key} was not published"))
     }
 
-    /// Full Swarm service name of stack service `key`.
     /// The cluster spec this deployment was generated from (for `swarmctl -f`).
     pub fn spec_path(&self) -> PathBuf {
         self.dir.join("cluster.yml")
     }
 
+    /// Full Swarm service name of stack service `key`.
     pub fn service_name(&self, key: &str) -> String {
         format!("{}_{key}", self.name)
     }
@@ -387,15 +387,7 @@ impl Deployment {
     /// The running container of service `key`, if any (the newest when two overlap).
     /// On a multi-node swarm every node's engine is asked.
     pub async fn container(&self, key: &str) -> Result<Option<String>> {
-        let ids = ps_all_nodes(&[
-            "-q",
-            "--filter",
-            &format!("label={SERVICE_LABEL}={}", self.service_name(key)),
-            "--filter",
-            "status=running",
-        ])
-        .await?;
-        Ok(ids.into_iter().next())
+        Ok(self.containers(key).await?.into_iter().next())
     }
 
     /// Every running container of `key` (one per task: a router may have several), on the
