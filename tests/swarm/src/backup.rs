@@ -25,6 +25,26 @@ pub struct PitrReport {
     pub rows_restored: i64,
 }
 
+/// One query on the scratch server restored in `key`'s container (its socket in /tmp).
+async fn scratch_psql(dep: &Deployment, key: &str, sql: &str) -> Result<String> {
+    exec(
+        dep,
+        key,
+        &[
+            "psql",
+            "-h",
+            "/tmp",
+            "-p",
+            SCRATCH_PORT,
+            "-X",
+            "-At",
+            "-c",
+            sql,
+        ],
+    )
+    .await
+}
+
 async fn exec(dep: &Deployment, key: &str, args: &[&str]) -> Result<String> {
     let container = dep.wait_container(key, Duration::from_secs(60)).await?;
     let mut full = vec!["exec", container.as_str()];
@@ -182,43 +202,13 @@ pub async fn pitr(dep: &Deployment, members: &[String]) -> Result<PitrReport> {
     let counted = async {
         // Promotion follows the end of recovery; wait for it.
         for _ in 0..120 {
-            let out = exec(
-                dep,
-                &leader,
-                &[
-                    "psql",
-                    "-h",
-                    "/tmp",
-                    "-p",
-                    SCRATCH_PORT,
-                    "-X",
-                    "-At",
-                    "-c",
-                    "select pg_is_in_recovery()",
-                ],
-            )
-            .await;
+            let out = scratch_psql(dep, &leader, "select pg_is_in_recovery()").await;
             if out.as_deref().ok().map(str::trim) == Some("f") {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        exec(
-            dep,
-            &leader,
-            &[
-                "psql",
-                "-h",
-                "/tmp",
-                "-p",
-                SCRATCH_PORT,
-                "-X",
-                "-At",
-                "-c",
-                "select count(*), min(id), max(id) from pitr",
-            ],
-        )
-        .await
+        scratch_psql(dep, &leader, "select count(*), min(id), max(id) from pitr").await
     }
     .await;
     let restore = restore_started.elapsed();

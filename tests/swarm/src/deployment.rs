@@ -313,33 +313,17 @@ impl Deployment {
             }
         }
         for name in self.stack.external_secrets() {
+            let label = format!("pgswarm.e2e={}", self.name);
+            let create = |value: &[u8]| {
+                docker_with_stdin(&["secret", "create", "--label", &label, &name, "-"], value)
+            };
             if let Some(pem) = certificates.get(&name) {
-                docker_with_stdin(
-                    &[
-                        "secret",
-                        "create",
-                        "--label",
-                        &format!("pgswarm.e2e={}", self.name),
-                        &name,
-                        "-",
-                    ],
-                    pem.as_bytes(),
-                )?;
+                create(pem.as_bytes())?;
                 self.created_secrets.push(name.clone());
                 continue;
             }
             let password = Password::random()?;
-            docker_with_stdin(
-                &[
-                    "secret",
-                    "create",
-                    "--label",
-                    &format!("pgswarm.e2e={}", self.name),
-                    &name,
-                    "-",
-                ],
-                password.expose().as_bytes(),
-            )?;
+            create(password.expose().as_bytes())?;
             self.created_secrets.push(name.clone());
             self.secrets.insert(name, password);
         }
