@@ -22,6 +22,7 @@ pub mod router;
 pub mod secrets;
 pub mod supervise;
 pub mod templates;
+pub mod volume;
 pub mod wait;
 
 use pgswarm_contract::{MemberEnv, Role};
@@ -70,6 +71,17 @@ pub fn check_role_names(common: &pgswarm_contract::Common) -> Result<(), ConfigE
 
 /// Runs this member's mode to its end; returns the child's exit code.
 pub async fn run(member: MemberEnv, secrets: Secrets, templates: Templates) -> anyhow::Result<i32> {
+    // Modes that keep state on a named volume: never two containers of one member on it.
+    if matches!(
+        member.role,
+        Role::Primary { .. }
+            | Role::Replica { .. }
+            | Role::Patroni { .. }
+            | Role::Etcd { .. }
+            | Role::Backup { .. }
+    ) {
+        volume::lock(std::path::Path::new(&member.common.data_root)).await?;
+    }
     metrics::start(&member, &secrets, &templates)?;
     match &member.role {
         Role::Primary { .. } | Role::Replica { .. } => {

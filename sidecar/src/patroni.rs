@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -476,16 +477,22 @@ pub fn render(
         dcs_parameters.insert("wal_level".into(), "logical".into());
     }
     // Member-local parameters.
-    let mut local_parameters: BTreeMap<String, String> = [("password_encryption", "scram-sha-256")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        // Below Swarm's 900 s IPVS idle timeout, so idle sessions through a VIP survive.
-        .chain(
-            keepalive::postgres_parameters()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v)),
-        )
-        .collect();
+    let mut local_parameters: BTreeMap<String, String> = [
+        ("password_encryption", "scram-sha-256"),
+        // After a crash PostgreSQL first syncs the whole data directory to disk; file by file
+        // (`fsync`, the default) that took 0.4 s of a crashed primary's in-place restart on a
+        // small database here, one `syncfs` of the volume's file system takes a few ms.
+        ("recovery_init_sync_method", "syncfs"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    // Below Swarm's 900 s IPVS idle timeout, so idle sessions through a VIP survive.
+    .chain(
+        keepalive::postgres_parameters()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    )
+    .collect();
     // The socket goes into the run directory: one per member, never shared with another
     // server on the same host that happens to use the same port.
     local_parameters.insert(
@@ -827,8 +834,71 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         crate::objects::spawn_for_member(common, spec.postgres.port, secrets)?;
     }
     crate::backup::start_member(common, spec.postgres, secrets)?;
-    let child = ChildSpec::new("patroni", "patroni").arg(&path);
+    let child = patroni_child(common, &path).hold_stop(supervise::HoldStop {
+        what: "pg_rewind",
+        busy: || supervise::descendant_running("pg_rewind"),
+        max: REWIND_STOP_WAIT,
+    });
     supervise::supervise(child, std::future::pending()).await
+}
+
+/// How long a stop request waits for a `pg_rewind` under way: below the members' stop grace
+/// period (60 s), after which Docker kills the container anyway.
+const REWIND_STOP_WAIT: Duration = Duration::from_secs(45);
+
+/// The launcher run in place of the `patroni` script; see the file's own comment.
+const LAUNCHER: &str = include_str!("patroni_launch.py");
+
+/// Patroni, through [`LAUNCHER`] written as `<run dir>/bin/patroni` with the interpreter of
+/// the installed `patroni` script (its name stays `patroni` for `ps` and tests); the plain
+/// script when that cannot be done.
+fn patroni_child(common: &Common, config: &str) -> ChildSpec {
+    let plain = ChildSpec::new("patroni", "patroni").arg(config);
+    let Some(interpreter) = find_in_path("patroni").and_then(|p| script_interpreter(&p)) else {
+        warn!("cannot tell the installed patroni's Python: starting it as is");
+        return plain;
+    };
+    let dir = Path::new(&common.run_dir).join("bin");
+    let launcher = dir.join("patroni");
+    let text = format!("#!{interpreter}\n{LAUNCHER}");
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&launcher, text))
+        .and_then(|()| std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)));
+    match written {
+        Ok(()) => ChildSpec::new("patroni", launcher).arg(config),
+        Err(e) => {
+            warn!(error = %e, path = %launcher.display(), "cannot write Patroni's launcher: starting it as is");
+            plain
+        }
+    }
+}
+
+fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The interpreter named by a script's `#!` line: an absolute path, or `env NAME` resolved
+/// through PATH.
+fn script_interpreter(script: &Path) -> Option<String> {
+    let text = std::fs::read(script).ok()?;
+    let first = text.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(first).ok()?.strip_prefix("#!")?;
+    interpreter_of(line, |name| {
+        find_in_path(name).map(|p| p.display().to_string())
+    })
+}
+
+/// The interpreter in a `#!` line's text (after `#!`).
+fn interpreter_of(line: &str, resolve: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut words = line.split_whitespace();
+    let program = words.next()?;
+    if program.ends_with("/env") {
+        return resolve(words.next()?);
+    }
+    program.starts_with('/').then(|| program.to_string())
 }
 
 /// How often the postmaster is looked at.
@@ -1318,6 +1388,32 @@ mod tests {
         assert!(text.contains("\"password\": \"on\""), "{text}");
         assert!(text.contains("\"password\": \"no\""), "{text}");
         assert!(text.contains("\"hot_standby\": \"on\""), "{text}");
+    }
+
+    #[test]
+    fn the_interpreter_comes_from_the_shebang() {
+        let resolve = |name: &str| Some(format!("/opt/bin/{name}"));
+        assert_eq!(
+            interpreter_of(" /usr/bin/python3", resolve).as_deref(),
+            Some("/usr/bin/python3")
+        );
+        assert_eq!(
+            interpreter_of("/usr/bin/python3 -s", resolve).as_deref(),
+            Some("/usr/bin/python3")
+        );
+        assert_eq!(
+            interpreter_of("/usr/bin/env python3", resolve).as_deref(),
+            Some("/opt/bin/python3")
+        );
+        assert_eq!(interpreter_of("python3", resolve), None);
+        assert_eq!(interpreter_of("", resolve), None);
+    }
+
+    #[test]
+    fn the_launcher_runs_patroni_only_as_a_script() {
+        // Fork-server children import the main script again: it must do nothing then.
+        assert!(LAUNCHER.contains("if __name__ == \"__main__\":"));
+        assert!(LAUNCHER.contains("from patroni.__main__ import main"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use nix::errno::Errno;
@@ -70,6 +70,72 @@ pub struct ChildSpec {
     pub signal_map: Vec<(Signal, Signal)>,
     /// Sent on a second SIGTERM/SIGINT.
     pub escalation: Signal,
+    /// A stop request waits while this says the child must not be interrupted.
+    pub hold_stop: Option<HoldStop>,
+}
+
+/// How often a held stop request looks again at whether the child is still busy.
+const HOLD_POLL: Duration = Duration::from_millis(100);
+
+/// Whether a process named `comm` (as in `/proc/PID/comm`) runs below this one: a child,
+/// grandchild… of the sidecar. Only descendants count, so another container's or another
+/// test's process of that name on the same host is ignored.
+pub fn descendant_running(comm: &str) -> bool {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .any(|pid| descends_from(pid, me))
+}
+
+/// Whether `pid`'s chain of parents reaches `ancestor`.
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut current = pid;
+    // A chain is short; the bound only guards against a loop read from a racing /proc.
+    for _ in 0..64 {
+        let Some(parent) = parent_of(current) else {
+            return false;
+        };
+        if parent == ancestor {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        current = parent;
+    }
+    false
+}
+
+/// The parent pid from `/proc/PID/stat` (the field after the state, past the command name,
+/// which may itself hold spaces and parentheses).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A step of the child that a stop request must not cut in half (e.g. Patroni's `pg_rewind`,
+/// which leaves a data directory that can neither start nor be rewound again when killed
+/// midway). The first SIGTERM/SIGINT is passed on once `busy` says false, or after `max`; a
+/// second one is passed on at once.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldStop {
+    /// What is waited for, for the log.
+    pub what: &'static str,
+    /// Whether the step is under way now.
+    pub busy: fn() -> bool,
+    /// The longest a stop waits (below the container's stop grace period).
+    pub max: Duration,
 }
 
 impl ChildSpec {
@@ -107,6 +173,7 @@ impl ChildSpec {
             current_dir: None,
             signal_map: Vec::new(),
             escalation: Signal::SIGKILL,
+            hold_stop: None,
         }
     }
 
@@ -145,6 +212,13 @@ impl ChildSpec {
 
     pub fn escalate_with(mut self, signal: Signal) -> Self {
         self.escalation = signal;
+        self
+    }
+
+    /// Holds a stop request while `hold.busy` says the child is in a step that must not be
+    /// interrupted; see [`HoldStop`].
+    pub fn hold_stop(mut self, hold: HoldStop) -> Self {
+        self.hold_stop = Some(hold);
         self
     }
 
@@ -479,6 +553,8 @@ impl Running {
         let shutdown = std::pin::pin!(shutdown);
         let mut shutdown = Some(shutdown);
         let mut signals_open = true;
+        // A stop request held back while the child is in a step that must not be cut.
+        let mut held: Option<(Signal, Instant)> = None;
         loop {
             tokio::select! {
                 code = &mut self.exit => {
@@ -487,16 +563,57 @@ impl Running {
                     return Ok(code);
                 }
                 msg = self.signals.recv(), if signals_open => match msg {
-                    Ok((_, signal)) => self.forward(signal, &mut stops),
+                    Ok((_, signal)) => self.forward_or_hold(signal, &mut stops, &mut held),
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => signals_open = false,
                 },
                 () = async { if let Some(s) = shutdown.as_mut() { s.await } }, if shutdown.is_some() => {
                     shutdown = None;
-                    self.forward(Signal::SIGTERM, &mut stops);
+                    self.forward_or_hold(Signal::SIGTERM, &mut stops, &mut held);
+                }
+                () = tokio::time::sleep(HOLD_POLL), if held.is_some() => {
+                    if let (Some((signal, since)), Some(hold)) = (held, self.spec.hold_stop) {
+                        if !(hold.busy)() || since.elapsed() >= hold.max {
+                            held = None;
+                            self.forward(signal, &mut stops);
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Forwards `received`, except a first stop request while the spec's [`HoldStop`] says
+    /// the child is busy: that one waits in `held`. A stop arriving while one is held sends
+    /// the held one at once.
+    fn forward_or_hold(
+        &self,
+        received: Signal,
+        stops: &mut u32,
+        held: &mut Option<(Signal, Instant)>,
+    ) {
+        let stop = matches!(received, Signal::SIGTERM | Signal::SIGINT);
+        if stop {
+            if let Some((first, _)) = held.take() {
+                warn!(child = %self.spec.name, "second stop request: not waiting any longer");
+                self.forward(first, stops);
+                return;
+            }
+            if let Some(hold) = self.spec.hold_stop {
+                if *stops == 0 && (hold.busy)() {
+                    warn!(
+                        child = %self.spec.name,
+                        waiting_for = hold.what,
+                        max_s = hold.max.as_secs(),
+                        "stop requested while {}: stopping once it has finished",
+                        hold.what
+                    );
+                    *held = Some((received, Instant::now()));
+                    return;
+                }
+            }
+        }
+        self.forward(received, stops);
     }
 
     fn forward(&self, received: Signal, stops: &mut u32) {
@@ -621,6 +738,66 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(code, 128 + 9);
+    }
+
+    static BUSY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+    fn busy() -> bool {
+        BUSY.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_while_the_child_is_busy() {
+        // The child exits 42 on SIGTERM when the step is over (the file exists), 13 if the
+        // signal came while it was still under way.
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("trap-installed");
+        let released = dir.path().join("released");
+        let script = format!(
+            "trap 'if [ -e \'{r}\' ]; then exit 42; else exit 13; fi' TERM; : > '{}'; \
+             while :; do sleep 0.05; done",
+            ready.display(),
+            r = released.display()
+        );
+        let spec = sh(&script).hold_stop(HoldStop {
+            what: "a test step",
+            busy,
+            max: Duration::from_secs(600),
+        });
+        let trap_installed = async move {
+            while !ready.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            std::fs::write(&released, b"").unwrap();
+            BUSY.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+        let code = supervise(spec, trap_installed).await.unwrap();
+        release.await.unwrap();
+        assert_eq!(
+            code, 42,
+            "the stop was passed on while the step was under way"
+        );
+    }
+
+    #[test]
+    fn only_descendants_count_as_running() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let found = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            descendant_running("sleep")
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found, "a child `sleep` was not seen");
+        assert!(!descendant_running("no-such-comm"));
+        // PID 1 (init, or the container's entrypoint) is nobody's descendant here.
+        assert!(!descends_from(1, std::process::id()));
     }
 
     #[tokio::test]
