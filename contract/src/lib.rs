@@ -624,15 +624,11 @@ impl Common {
     /// its key and CA, and the passphrase when the repository is encrypted (pgBackRest
     /// encrypts and decrypts on the client side: members read and write the repository's
     /// files through its server).
-    /// With TLS on, the PostgreSQL servers and the pooler need the cluster CA, the server
-    /// certificate and its key.
+    /// With TLS on (the `patroni` topology), Patroni members and the pooler need the cluster
+    /// CA, the server certificate and its key.
     pub fn needs(&self, secret: Secret, mode: Mode) -> bool {
         if Secret::CLUSTER_TLS.contains(&secret) {
-            return self.tls.is_some()
-                && matches!(
-                    mode,
-                    Mode::Primary | Mode::Replica | Mode::Patroni | Mode::Pooler
-                );
+            return self.tls.is_some() && matches!(mode, Mode::Patroni | Mode::Pooler);
         }
         let backup_mode = matches!(mode, Mode::Patroni | Mode::Backup);
         match (secret, &self.backup) {
@@ -1483,10 +1479,7 @@ mod tests {
         for tls in [Tls::On, Tls::Require] {
             common.tls = Some(tls);
             for mode in Mode::ALL {
-                let uses = matches!(
-                    mode,
-                    Mode::Primary | Mode::Replica | Mode::Patroni | Mode::Pooler
-                );
+                let uses = matches!(mode, Mode::Patroni | Mode::Pooler);
                 for s in Secret::CLUSTER_TLS {
                     assert_eq!(common.needs(s, mode), uses, "{mode} {s:?}");
                 }
@@ -1516,7 +1509,10 @@ mod tests {
             env::TLS => Some("yes".into()),
             _ => None,
         });
-        assert!(matches!(bad, Err(ContractError::Invalid { var: env::TLS, .. })));
+        assert!(matches!(
+            bad,
+            Err(ContractError::Invalid { var: env::TLS, .. })
+        ));
     }
 
     #[test]

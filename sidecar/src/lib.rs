@@ -22,6 +22,7 @@ pub mod router;
 pub mod secrets;
 pub mod supervise;
 pub mod templates;
+pub mod tls;
 pub mod wait;
 
 use pgswarm_contract::{MemberEnv, Role};
@@ -70,6 +71,16 @@ pub fn check_role_names(common: &pgswarm_contract::Common) -> Result<(), ConfigE
 
 /// Runs this member's mode to its end; returns the child's exit code.
 pub async fn run(member: MemberEnv, secrets: Secrets, templates: Templates) -> anyhow::Result<i32> {
+    // With TLS on: the certificate files PostgreSQL, PgBouncer and the exporter read, and the
+    // sidecar's own TCP connections trust the cluster CA.
+    if let Some(files) = tls::write_files(&member.common, &secrets)? {
+        tracing::info!(
+            cert = %files.cert.display(),
+            tls = ?member.common.tls,
+            "TLS on: certificate, key and CA written"
+        );
+    }
+    tls::install_from_secrets(&member.common, &secrets)?;
     metrics::start(&member, &secrets, &templates)?;
     match &member.role {
         Role::Primary { .. } | Role::Replica { .. } => {

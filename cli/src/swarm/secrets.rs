@@ -238,7 +238,7 @@ pub fn tls_common_name(cluster: &str) -> String {
 
 /// The names the cluster's server certificate is valid for: every data member, the router
 /// and the pooler, each as its short name (the stack's network alias), its stack-prefixed
-/// service name and the `tasks.` form of that; and loopback (`localhost`, `127.0.0.1`), for
+/// service name and the `tasks.` forms of both; and loopback (`localhost`, `127.0.0.1`), for
 /// the connections a container makes to its own PostgreSQL or PgBouncer.
 pub fn tls_names(cluster: &Cluster) -> Vec<String> {
     let mut names: Vec<String> = cluster
@@ -252,7 +252,12 @@ pub fn tls_names(cluster: &Cluster) -> Vec<String> {
         })
         .flat_map(|s| {
             let full = super::service_name(&cluster.name, &s.name);
-            [s.name.clone(), format!("tasks.{full}"), full]
+            [
+                s.name.clone(),
+                format!("tasks.{}", s.name),
+                format!("tasks.{full}"),
+                full,
+            ]
         })
         .collect();
     names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
