@@ -1201,6 +1201,41 @@ mod tests {
     }
 
     #[test]
+    fn tls_turns_ssl_on_checks_peers_against_the_ca_and_required_means_hostssl_only() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let off = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+        assert!(!off.postgresql.parameters.contains_key("ssl"));
+        assert!(off.postgresql.authentication.replication.sslmode.is_none());
+        for (tls, keyword) in [(Tls::On, "host "), (Tls::Require, "hostssl ")] {
+            let mut c = common();
+            c.tls = Some(tls);
+            let config = render(&c, &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+            let p = &config.postgresql.parameters;
+            let files = crate::tls::files(&c);
+            assert_eq!(p["ssl"], "on");
+            assert_eq!(p["ssl_key_file"], files.key.display().to_string());
+            assert_eq!(p["ssl_cert_file"], files.cert.display().to_string());
+            assert_eq!(p["ssl_ca_file"], files.ca.display().to_string());
+            let auth = &config.postgresql.authentication;
+            for login in [&auth.superuser, &auth.replication] {
+                assert_eq!(login.sslmode.as_deref(), Some(PATRONI_SSLMODE));
+                assert_eq!(
+                    login.sslrootcert.as_deref(),
+                    Some(files.ca.display().to_string().as_str())
+                );
+            }
+            let hba = &config.postgresql.pg_hba;
+            assert_eq!(hba[0], "local all all peer");
+            for line in &hba[1..] {
+                assert!(line.starts_with(keyword), "{tls:?}: {line}");
+            }
+            let text = to_text(&config).unwrap();
+            assert!(text.contains("\"sslmode\": \"verify-ca\""), "{text}");
+        }
+    }
+
+    #[test]
     fn contract_parameters_are_split_between_dcs_and_local() {
         let mut pg = Postgres::default();
         pg.parameters.insert("max_connections".into(), "500".into());

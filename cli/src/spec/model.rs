@@ -226,6 +226,8 @@ pub struct ClusterTls {
     /// The user's own Docker secrets for the CA, the certificate and the key (in that
     /// order); `None` = swarmctl generates `<cluster>_tls_ca`, `_tls_cert`, `_tls_key`.
     pub own_secrets: Option<[String; 3]>,
+    /// More names for the generated certificate (`tls.names`).
+    pub names: Vec<String>,
 }
 
 impl ClusterTls {

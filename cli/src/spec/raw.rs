@@ -91,6 +91,10 @@ pub struct RawTls {
     /// Its private key (PEM), an existing Docker secret.
     #[serde(default)]
     pub key_secret: Option<String>,
+    /// More names (DNS names or IP addresses) for the generated certificate: the addresses
+    /// clients reach the published ports by, so they can use `sslmode=verify-full`.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
 }
 
 /// Backups with pgBackRest: a repository service of the stack holds the backups and the

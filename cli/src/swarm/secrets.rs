@@ -239,7 +239,8 @@ pub fn tls_common_name(cluster: &str) -> String {
 /// The names the cluster's server certificate is valid for: every data member, the router
 /// and the pooler, each as its short name (the stack's network alias), its stack-prefixed
 /// service name and the `tasks.` forms of both; and loopback (`localhost`, `127.0.0.1`), for
-/// the connections a container makes to its own PostgreSQL or PgBouncer.
+/// the connections a container makes to its own PostgreSQL or PgBouncer; and the spec's
+/// `tls.names` (the addresses clients reach the published ports by).
 pub fn tls_names(cluster: &Cluster) -> Vec<String> {
     let mut names: Vec<String> = cluster
         .services
@@ -261,6 +262,9 @@ pub fn tls_names(cluster: &Cluster) -> Vec<String> {
         })
         .collect();
     names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    if let Some(tls) = &cluster.tls {
+        names.extend(tls.names.iter().cloned());
+    }
     names
 }
 
@@ -359,6 +363,60 @@ mod tests {
             );
         }
         assert_eq!(x509.subject().to_string(), "CN=pgswarm-demo-backup");
+        assert!(pems[2].1.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn cluster_tls_names_every_member_the_router_the_pooler_and_loopback() {
+        let text = "name: demo\ntopology: patroni\nmembers: 2\ntls:\n  names: [db.example.com, \
+                    192.0.2.10]\n";
+        let cluster = crate::spec::parse(text).expect("valid").cluster;
+        let pems = cluster_tls(&cluster).expect("certificates");
+        assert_eq!(
+            pems.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            Secret::CLUSTER_TLS
+        );
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pems[1].1.as_bytes()).expect("PEM");
+        let x509 = pem.parse_x509().expect("X.509");
+        let names: Vec<String> = x509
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        for name in [
+            "pg1",
+            "demo_pg1",
+            "tasks.demo_pg1",
+            "pg2",
+            "router",
+            "demo_router",
+            "tasks.router",
+            "tasks.demo_router",
+            "pooler",
+            "demo_pooler",
+            "tasks.pooler",
+            "localhost",
+            "db.example.com",
+        ] {
+            assert!(
+                names.contains(&format!("DNSName({name})")),
+                "{name}: {names:?}"
+            );
+        }
+        assert!(names.iter().any(|n| n.contains("127.0.0.1")), "{names:?}");
+        assert!(names.iter().any(|n| n.contains("192.0.2.10")), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("etcd")), "{names:?}");
+        assert_eq!(x509.subject().to_string(), "CN=pgswarm-demo-server");
+        // Signed by the CA that comes with it.
+        let (_, ca) = x509_parser::pem::parse_x509_pem(pems[0].1.as_bytes()).expect("PEM");
+        let ca = ca.parse_x509().expect("X.509");
+        assert_eq!(x509.issuer(), ca.subject());
+        x509.verify_signature(Some(ca.public_key()))
+            .expect("signed by the CA");
         assert!(pems[2].1.contains("PRIVATE KEY"));
     }
 

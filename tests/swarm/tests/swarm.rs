@@ -71,15 +71,22 @@ async fn declared_roles_log_in_through_the_pooler_and_change_without_a_restart(
     let image = ensure_image()?;
     let name = deployment::unique_name("e2eroles");
     let spec = format!(
-        "{}{}",
+        "{}{}{}",
         specs::patroni(&name, &image, false)?,
-        pgswarm_swarm_tests::roles::roles_section(5)
+        pgswarm_swarm_tests::roles::roles_section(5),
+        pgswarm_swarm_tests::roles::TLS_SECTION
     );
     let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
     let report = pgswarm_swarm_tests::roles::application_roles(&cluster).await?;
     eprintln!(
         "roles: first apply {:?}; after the change {:?}",
         report.first_apply, report.second_apply
+    );
+    let tls = pgswarm_swarm_tests::roles::tls_checks(&cluster).await?;
+    eprintln!(
+        "tls: verify-full through the pooler and the router, plaintext refused, {} replica(s) \
+         streaming over TLS",
+        tls.encrypted_replicas
     );
     Ok(())
 }
