@@ -407,8 +407,15 @@ mod tests {
                 "{name}: {names:?}"
             );
         }
-        assert!(names.iter().any(|n| n.contains("127.0.0.1")), "{names:?}");
-        assert!(names.iter().any(|n| n.contains("192.0.2.10")), "{names:?}");
+        // IP addresses print as hex octets: 127.0.0.1 and 192.0.2.10.
+        assert!(
+            names.contains(&"IPAddress(7f:00:00:01)".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"IPAddress(c0:00:02:0a)".to_string()),
+            "{names:?}"
+        );
         assert!(!names.iter().any(|n| n.contains("etcd")), "{names:?}");
         assert_eq!(x509.subject().to_string(), "CN=pgswarm-demo-server");
         // Signed by the CA that comes with it.
