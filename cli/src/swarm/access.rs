@@ -314,4 +314,39 @@ mod tests {
             .to_string();
         assert!(err.contains("group role"), "{err}");
     }
+
+    #[test]
+    fn with_tls_connect_asks_for_verification_and_says_how_to_save_the_ca() {
+        let text = "name: demo\ntopology: patroni\nroles:\n  - name: app\ndatabases:\n  - name: \
+                    appdb\n    owner: app\ntls:\n  require: true\n  names: [db.example.com]\n";
+        let c = parse(text).expect("valid").cluster;
+        let out = connection_uris(&c, Some("app"), None, "db.example.com").unwrap();
+        assert!(
+            out.contains(
+                "postgresql://app@db.example.com:5000/appdb?sslmode=verify-full&sslrootcert=demo-ca.crt"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("cat /run/secrets/tls_ca > demo-ca.crt"),
+            "{out}"
+        );
+        assert!(out.contains("demo_tls_ca; TLS required"), "{out}");
+        // An address the certificate does not name: the CA is still checked.
+        let out = connection_uris(&c, Some("app"), None, "10.0.0.5").unwrap();
+        assert!(
+            out.contains("?sslmode=verify-ca&sslrootcert=demo-ca.crt"),
+            "{out}"
+        );
+        assert!(out.contains("does not name `10.0.0.5`"), "{out}");
+        // Without TLS, plain URIs.
+        let plain = parse("name: demo\ntopology: patroni\n")
+            .expect("valid")
+            .cluster;
+        let out = connection_uris(&plain, None, None, "h").unwrap();
+        assert!(
+            !out.contains("sslmode") && !out.contains("cluster CA"),
+            "{out}"
+        );
+    }
 }
