@@ -280,14 +280,16 @@ pub fn psql_in_network(
 pub struct TlsReport {
     /// Replicas streaming over TLS (from the leader's `pg_stat_replication`).
     pub encrypted_replicas: i64,
+    /// Members whose postgres_exporter answered `pg_up 1`.
+    pub exporters: usize,
 }
 
 /// TLS required (the spec's [`TLS_SECTION`]): from a one-off container on the stack's network
 /// trusting only the cluster CA, role `app` logs in with `sslmode=verify-full` by the pooler's
 /// and the router's service names, creates a table in its database through each, and is
 /// refused by `otherdb`; a plaintext connection (`sslmode=disable`) is refused through the
-/// router and directly by a member, for `app` and for the replication user; and every replica
-/// streams over TLS.
+/// router and directly by a member, for `app` and for the replication user; every replica
+/// streams over TLS; and every member's metrics exporter still reaches its server.
 pub async fn tls_checks(cluster: &PatroniCluster) -> Result<TlsReport> {
     let dep = &cluster.dep;
     let ca = dep
@@ -396,5 +398,10 @@ pub async fn tls_checks(cluster: &PatroniCluster) -> Result<TlsReport> {
         encrypted_replicas == expected,
         "{encrypted_replicas} replica(s) stream over TLS, expected {expected}"
     );
-    Ok(TlsReport { encrypted_replicas })
+    // postgres_exporter reaches its member over loopback with TLS checked against the CA.
+    let exporters = crate::metrics::postgres_exporters_up(dep).await?;
+    Ok(TlsReport {
+        encrypted_replicas,
+        exporters,
+    })
 }
