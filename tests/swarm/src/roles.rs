@@ -289,7 +289,8 @@ pub struct TlsReport {
 /// and the router's service names, creates a table in its database through each, and is
 /// refused by `otherdb`; a plaintext connection (`sslmode=disable`) is refused through the
 /// router and directly by a member, for `app` and for the replication user; every replica
-/// streams over TLS; and every member's metrics exporter still reaches its server.
+/// streams over TLS; `swarmctl psql` connects with verify-full; and every member's metrics
+/// exporter still reaches its server.
 pub async fn tls_checks(cluster: &PatroniCluster) -> Result<TlsReport> {
     let dep = &cluster.dep;
     let ca = dep
@@ -397,6 +398,24 @@ pub async fn tls_checks(cluster: &PatroniCluster) -> Result<TlsReport> {
     ensure!(
         encrypted_replicas == expected,
         "{encrypted_replicas} replica(s) stream over TLS, expected {expected}"
+    );
+    // `swarmctl psql` (psql inside a member, through the router by its `tasks.` name) runs
+    // with sslmode=verify-full against the cluster CA.
+    let out = Command::new(swarmctl_path())
+        .args(["psql", "-f"])
+        .arg(dep.spec_path())
+        .args(["--", "-A", "-t", "-c", ssl_sql])
+        .output()
+        .with_context(|| format!("cannot run {}", swarmctl_path().display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && text.lines().any(|l| l.trim() == "t"),
+        "swarmctl psql over TLS ({}): {text}",
+        out.status
     );
     // postgres_exporter reaches its member over loopback with TLS checked against the CA.
     let exporters = crate::metrics::postgres_exporters_up(dep).await?;
