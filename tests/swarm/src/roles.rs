@@ -289,8 +289,8 @@ pub struct TlsReport {
 /// and the router's service names, creates a table in its database through each, and is
 /// refused by `otherdb`; a plaintext connection (`sslmode=disable`) is refused through the
 /// router and directly by a member, for `app` and for the replication user; every replica
-/// streams over TLS; `swarmctl psql` connects with verify-full; and every member's metrics
-/// exporter still reaches its server.
+/// streams over TLS; `swarmctl psql` connects with verify-full, `swarmctl status` reads every
+/// member; and every member's metrics exporter still reaches its server.
 pub async fn tls_checks(cluster: &PatroniCluster) -> Result<TlsReport> {
     let dep = &cluster.dep;
     let ca = dep
@@ -385,20 +385,6 @@ pub async fn tls_checks(cluster: &PatroniCluster) -> Result<TlsReport> {
             "the plaintext connection failed, but not for want of TLS: {e:#}"
         ),
     }
-    let su = cluster.rw.connect(Duration::from_secs(30)).await?;
-    let encrypted_replicas: i64 = su
-        .query_one(
-            "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
-             WHERE s.ssl",
-            &[],
-        )
-        .await?
-        .get(0);
-    let expected = cluster.members.len() as i64 - 1;
-    ensure!(
-        encrypted_replicas == expected,
-        "{encrypted_replicas} replica(s) stream over TLS, expected {expected}"
-    );
     // `swarmctl psql` (psql inside a member, through the router by its `tasks.` name) runs
     // with sslmode=verify-full against the cluster CA.
     let out = Command::new(swarmctl_path())
@@ -417,6 +403,80 @@ pub async fn tls_checks(cluster: &PatroniCluster) -> Result<TlsReport> {
         "swarmctl psql over TLS ({}): {text}",
         out.status
     );
+    // `swarmctl status` asks each member for its connections over loopback TCP (the sidecar's
+    // ctl, TLS checked against the CA): every PostgreSQL member answers.
+    let out = Command::new(swarmctl_path())
+        .args(["status", "--output", "json", "-f"])
+        .arg(dep.spec_path())
+        .output()
+        .with_context(|| format!("cannot run {}", swarmctl_path().display()))?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "swarmctl status --output json printed no JSON ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let postgres: Vec<&serde_json::Value> = status["members"]
+        .as_array()
+        .map(|m| m.iter().filter(|m| m["kind"] == "postgres").collect())
+        .unwrap_or_default();
+    ensure!(
+        postgres.len() == cluster.members.len()
+            && postgres.iter().all(|m| m["connections"].is_u64()),
+        "swarmctl status did not read every member's connections over TLS: {status}"
+    );
+    // A switchover (swarmctl's write check goes through the pooler's `tasks.` name over TLS):
+    // the former leader follows the new one as a replica, and every replica streams over
+    // TLS (Patroni's replication login: verify-ca with the cluster CA).
+    let leader = cluster.leader().await?;
+    let to = cluster
+        .members
+        .iter()
+        .find(|m| **m != leader)
+        .context("the cluster has one member: nothing to switch over to")?
+        .clone();
+    let out = Command::new(swarmctl_path())
+        .args(["switchover", "-f"])
+        .arg(dep.spec_path())
+        .args(["--to", &to])
+        .output()
+        .with_context(|| format!("cannot run {}", swarmctl_path().display()))?;
+    ensure!(
+        out.status.success(),
+        "swarmctl switchover --to {to} with TLS required ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = cluster.members.len() as i64 - 1;
+    let replicas_sql = "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s \
+                        USING (pid) WHERE s.ssl AND r.state = 'streaming'";
+    crate::pg::wait_until(
+        &format!("{expected} replicas streaming over TLS from {to}"),
+        Duration::from_secs(120),
+        || async {
+            let su = cluster.rw.connect(Duration::from_secs(10)).await?;
+            let leading: bool = su
+                .query_one("SELECT NOT pg_is_in_recovery()", &[])
+                .await?
+                .get(0);
+            let n: i64 = su.query_one(replicas_sql, &[]).await?.get(0);
+            Ok::<_, anyhow::Error>(crate::pg::Check::from(leading && n == expected))
+        },
+    )
+    .await?;
+    ensure!(
+        cluster.leader().await? == to,
+        "{to} does not lead after the switchover"
+    );
+    let encrypted_replicas: i64 = cluster
+        .rw
+        .connect(Duration::from_secs(10))
+        .await?
+        .query_one(replicas_sql, &[])
+        .await?
+        .get(0);
     // postgres_exporter reaches its member over loopback with TLS checked against the CA.
     let exporters = crate::metrics::postgres_exporters_up(dep).await?;
     Ok(TlsReport {
