@@ -4,7 +4,8 @@
 //!
 //! PostgreSQL refuses a key file that others may read (it wants 0600, or 0640 owned by root),
 //! and Docker mounts secrets 0444 owned by root: the key is copied to a 0600 file owned by the
-//! service user. Nothing here is written outside the run directory (a tmpfs in the image).
+//! service user. Nothing here is written outside the run directory (the container's own files,
+//! never the data volume), like the other files holding credentials.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
