@@ -1029,7 +1029,11 @@ fn summary(c: &Cluster) -> String {
             ));
         }
     }
-    let secrets: Vec<String> = c.secrets().iter().map(|s| s.docker_name(&c.name)).collect();
+    let secrets: Vec<String> = c
+        .secrets()
+        .iter()
+        .map(|s| c.secret_docker_name(*s))
+        .collect();
     out.push_str(&format!("  secrets: {}\n", secrets.join(", ")));
     out
 }

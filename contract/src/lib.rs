@@ -149,6 +149,15 @@ pub mod env {
     pub const BACKUP_TLS_CERT_FILE: &str = "PGSWARM_BACKUP_TLS_CERT_FILE";
     /// Path of the private key of pgBackRest's TLS.
     pub const BACKUP_TLS_KEY_FILE: &str = "PGSWARM_BACKUP_TLS_KEY_FILE";
+    /// TLS for client and replication connections: `on` (offered, plaintext still admitted)
+    /// or `require` (`hostssl` only for everything but the local socket); unset = off.
+    pub const TLS: &str = "PGSWARM_TLS";
+    /// Path of the cluster CA certificate (PEM) clients and members trust.
+    pub const TLS_CA_FILE: &str = "PGSWARM_TLS_CA_FILE";
+    /// Path of the server certificate (PEM) of PostgreSQL and PgBouncer.
+    pub const TLS_CERT_FILE: &str = "PGSWARM_TLS_CERT_FILE";
+    /// Path of the server certificate's private key (PEM).
+    pub const TLS_KEY_FILE: &str = "PGSWARM_TLS_KEY_FILE";
     /// Backup repository: the data members backed up, comma separated.
     pub const BACKUP_MEMBERS: &str = "PGSWARM_BACKUP_MEMBERS";
     /// Backup repository: the data members' data root, when not the default.
@@ -229,10 +238,17 @@ pub enum Secret {
     BackupTlsCert,
     /// Its private key (PEM).
     BackupTlsKey,
+    /// The cluster CA certificate (PEM) of client and replication TLS.
+    TlsCa,
+    /// The server certificate (PEM) of PostgreSQL and PgBouncer: one certificate whose names
+    /// are every data member, the router and the pooler (short and stack-prefixed).
+    TlsCert,
+    /// Its private key (PEM).
+    TlsKey,
 }
 
 impl Secret {
-    pub const ALL: [Secret; 9] = [
+    pub const ALL: [Secret; 12] = [
         Secret::SuperuserPassword,
         Secret::ReplicationPassword,
         Secret::RestPassword,
@@ -242,7 +258,18 @@ impl Secret {
         Secret::BackupTlsCa,
         Secret::BackupTlsCert,
         Secret::BackupTlsKey,
+        Secret::TlsCa,
+        Secret::TlsCert,
+        Secret::TlsKey,
     ];
+
+    /// The secrets of client and replication TLS (a CA, a certificate and its key).
+    pub const CLUSTER_TLS: [Secret; 3] = [Secret::TlsCa, Secret::TlsCert, Secret::TlsKey];
+
+    /// Whether this secret is a certificate or a key (made by swarmctl as PEM, not a password).
+    pub fn is_certificate(self) -> bool {
+        Secret::BACKUP_TLS.contains(&self) || Secret::CLUSTER_TLS.contains(&self)
+    }
 
     /// The secrets that are certificates or keys (generated together, not as passwords).
     pub const BACKUP_TLS: [Secret; 3] = [
@@ -263,6 +290,9 @@ impl Secret {
             Secret::BackupTlsCa => "backup_tls_ca",
             Secret::BackupTlsCert => "backup_tls_cert",
             Secret::BackupTlsKey => "backup_tls_key",
+            Secret::TlsCa => "tls_ca",
+            Secret::TlsCert => "tls_cert",
+            Secret::TlsKey => "tls_key",
         }
     }
 
@@ -278,6 +308,9 @@ impl Secret {
             Secret::BackupTlsCa => env::BACKUP_TLS_CA_FILE,
             Secret::BackupTlsCert => env::BACKUP_TLS_CERT_FILE,
             Secret::BackupTlsKey => env::BACKUP_TLS_KEY_FILE,
+            Secret::TlsCa => env::TLS_CA_FILE,
+            Secret::TlsCert => env::TLS_CERT_FILE,
+            Secret::TlsKey => env::TLS_KEY_FILE,
         }
     }
 
@@ -299,10 +332,11 @@ impl Secret {
     /// without a password); the members that can lead create the lookup user with that
     /// password; data members with metrics need the monitoring role's password for their
     /// exporter.
-    /// The backup secrets are never needed by this rule; see [`Common::needs`].
+    /// The backup and TLS secrets are never needed by this rule; see [`Common::needs`].
     pub fn needed_by(self, mode: Mode, metrics: bool) -> bool {
         match (self, mode) {
             (_, Mode::Etcd | Mode::Router | Mode::Backup) => false,
+            (Secret::TlsCa | Secret::TlsCert | Secret::TlsKey, _) => false,
             (
                 Secret::BackupPassphrase
                 | Secret::BackupTlsCa
@@ -529,6 +563,41 @@ pub struct Common {
     /// WAL archiving to and restoring from the cluster's pgBackRest repository (data members
     /// of a cluster with a `backup` section); `None` = no backups.
     pub backup: Option<backup::BackupSettings>,
+    /// TLS for client and replication connections; `None` = off.
+    pub tls: Option<Tls>,
+}
+
+/// How a cluster uses TLS for client and replication connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// PostgreSQL and PgBouncer offer TLS; plaintext TCP connections are still admitted.
+    On,
+    /// Only TLS over TCP (`hostssl`); plaintext is refused everywhere but the local socket.
+    Require,
+}
+
+impl Tls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tls::On => "on",
+            Tls::Require => "require",
+        }
+    }
+}
+
+impl FromStr for Tls {
+    type Err = ContractError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Tls::On),
+            "require" => Ok(Tls::Require),
+            other => Err(ContractError::Invalid {
+                var: env::TLS,
+                value: other.to_string(),
+                expected: "on or require".into(),
+            }),
+        }
+    }
 }
 
 impl Common {
@@ -546,6 +615,7 @@ impl Common {
             wait_timeout_secs: defaults::WAIT_TIMEOUT_SECS,
             metrics_port: None,
             backup: None,
+            tls: None,
         }
     }
 
@@ -554,7 +624,12 @@ impl Common {
     /// its key and CA, and the passphrase when the repository is encrypted (pgBackRest
     /// encrypts and decrypts on the client side: members read and write the repository's
     /// files through its server).
+    /// With TLS on (the `patroni` topology), Patroni members and the pooler need the cluster
+    /// CA, the server certificate and its key.
     pub fn needs(&self, secret: Secret, mode: Mode) -> bool {
+        if Secret::CLUSTER_TLS.contains(&secret) {
+            return self.tls.is_some() && matches!(mode, Mode::Patroni | Mode::Pooler);
+        }
         let backup_mode = matches!(mode, Mode::Patroni | Mode::Backup);
         match (secret, &self.backup) {
             (Secret::BackupPassphrase, Some(b)) => backup_mode && b.encrypt,
@@ -776,6 +851,9 @@ impl MemberEnv {
         if let Some(b) = &c.backup {
             out.extend(b.to_env());
         }
+        if let Some(tls) = c.tls {
+            out.push((env::TLS, tls.as_str().into()));
+        }
         let push_pg = |out: &mut Vec<(&'static str, String)>, pg: &Postgres| {
             if pg.port != defaults::PG_PORT {
                 out.push((env::PG_PORT, pg.port.to_string()));
@@ -993,6 +1071,10 @@ impl MemberEnv {
                 Some(_) => Some(r.parsed(env::METRICS_PORT, 0)?),
             },
             backup: backup::BackupSettings::from_lookup(&lookup)?,
+            tls: match r.get(env::TLS) {
+                None => None,
+                Some(s) => Some(s.parse()?),
+            },
         };
         let postgres = || -> Result<Postgres, ContractError> {
             let parameters = match r.get(env::PG_PARAMETERS) {
@@ -1384,6 +1466,53 @@ mod tests {
         assert!(!common.needs(Secret::BackupPassphrase, Mode::Backup));
         assert!(!common.needs(Secret::BackupPassphrase, Mode::Patroni));
         assert!(common.needs(Secret::BackupTlsKey, Mode::Patroni));
+    }
+
+    #[test]
+    fn tls_secrets_go_to_the_servers_and_the_pooler_and_the_setting_round_trips() {
+        let mut common = Common::new("demo", "m");
+        for mode in Mode::ALL {
+            for s in Secret::CLUSTER_TLS {
+                assert!(!common.needs(s, mode), "{mode} {s:?} without TLS");
+            }
+        }
+        for tls in [Tls::On, Tls::Require] {
+            common.tls = Some(tls);
+            for mode in Mode::ALL {
+                let uses = matches!(mode, Mode::Patroni | Mode::Pooler);
+                for s in Secret::CLUSTER_TLS {
+                    assert_eq!(common.needs(s, mode), uses, "{mode} {s:?}");
+                }
+            }
+            let member = MemberEnv {
+                common: common.clone(),
+                role: Role::Pooler {
+                    target: Endpoint {
+                        host: "demo_router".into(),
+                        port: 5000,
+                    },
+                    port: 6432,
+                    pool_mode: PoolMode::Transaction,
+                    pool_size: 20,
+                    max_client_conn: 100,
+                    databases: Vec::new(),
+                },
+            };
+            let env: BTreeMap<String, String> = member.to_env().into_iter().collect();
+            assert_eq!(env.get(env::TLS).map(String::as_str), Some(tls.as_str()));
+            let back = MemberEnv::from_lookup(|k| env.get(k).cloned()).unwrap();
+            assert_eq!(back, member);
+        }
+        let bad = MemberEnv::from_lookup(|k| match k {
+            env::MODE => Some("pooler".into()),
+            env::CLUSTER | env::MEMBER | env::POOLER_TARGET_HOST => Some("x".into()),
+            env::TLS => Some("yes".into()),
+            _ => None,
+        });
+        assert!(matches!(
+            bad,
+            Err(ContractError::Invalid { var: env::TLS, .. })
+        ));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use pgswarm_contract::{MemberEnv, Role, Secret};
 use pgswarm_sidecar::objects;
 use pgswarm_sidecar::pooler;
 use pgswarm_sidecar::secrets::read_secret;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 /// Operations run inside a container on behalf of `swarmctl`.
 #[derive(Debug, Subcommand)]
@@ -177,6 +177,16 @@ pub fn run(member: &MemberEnv, command: CtlCommand) -> i32 {
                 1
             }
         };
+    }
+    // The sidecar's TCP connections trust the cluster CA when the cluster uses TLS.
+    if let Err(e) = pgswarm_sidecar::tls::install_from_file(&member.common) {
+        let e = CtlError::new(ErrorKind::Refused, format!("{e:#}"));
+        println!(
+            "{}",
+            serde_json::to_string(&e).unwrap_or_else(|_| "{}".into())
+        );
+        eprintln!("error: {e}");
+        return 1;
     }
     let result = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -371,6 +381,20 @@ fn psql(
             .env_clear()
             .env("PGPASSFILE", &passfile)
             .env("PGAPPNAME", "swarmctl-psql")
+            // With TLS on: encrypted, and the server must show a certificate the cluster CA
+            // signed for the host asked for.
+            .envs(
+                common
+                    .tls
+                    .map(|_| {
+                        [
+                            ("PGSSLMODE", "verify-full".to_string()),
+                            ("PGSSLROOTCERT", common.secret_path(Secret::TlsCa)),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .envs(
                 [
                     "TERM", "LANG", "LC_ALL", "HOME", "PAGER", "COLUMNS", "LINES",
@@ -472,27 +496,21 @@ async fn superuser_client(
     // but has no server behind it never answers the startup message. Nothing has run then,
     // so this is `unreachable` (a retry is safe).
     let patience = Duration::from_secs(connect_timeout.max(1) + 2);
-    let connected = match tokio::time::timeout(patience, config.connect(NoTls)).await {
-        Ok(connected) => connected,
-        Err(_) => {
-            return Err(CtlError::new(
-                ErrorKind::Unreachable,
-                format!(
-                    "connecting to {what}: no answer to the startup within {} s",
-                    patience.as_secs()
-                ),
-            ))
-        }
-    };
+    let connected =
+        match tokio::time::timeout(patience, pgswarm_sidecar::tls::connect(&config)).await {
+            Ok(connected) => connected,
+            Err(_) => {
+                return Err(CtlError::new(
+                    ErrorKind::Unreachable,
+                    format!(
+                        "connecting to {what}: no answer to the startup within {} s",
+                        patience.as_secs()
+                    ),
+                ))
+            }
+        };
     match connected {
-        Ok((client, connection)) => {
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "connection closed");
-                }
-            });
-            Ok(client)
-        }
+        Ok(client) => Ok(client),
         Err(e) => {
             let sqlstate = e.as_db_error().map(|db| db.code().code().to_string());
             // 57P03: the server is starting up or shutting down; it will answer soon.

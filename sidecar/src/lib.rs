@@ -22,6 +22,7 @@ pub mod router;
 pub mod secrets;
 pub mod supervise;
 pub mod templates;
+pub mod tls;
 pub mod volume;
 pub mod wait;
 
@@ -82,6 +83,16 @@ pub async fn run(member: MemberEnv, secrets: Secrets, templates: Templates) -> a
     ) {
         volume::lock(std::path::Path::new(&member.common.data_root)).await?;
     }
+    // With TLS on: the certificate files PostgreSQL, PgBouncer and the exporter read, and the
+    // sidecar's own TCP connections trust the cluster CA.
+    if let Some(files) = tls::write_files(&member.common, &secrets)? {
+        tracing::info!(
+            cert = %files.cert.display(),
+            tls = ?member.common.tls,
+            "TLS on: certificate, key and CA written"
+        );
+    }
+    tls::install_from_secrets(&member.common, &secrets)?;
     metrics::start(&member, &secrets, &templates)?;
     match &member.role {
         Role::Primary { .. } | Role::Replica { .. } => {

@@ -61,10 +61,7 @@ pub fn postgres_exporter(common: &Common, metrics_port: u16, pg_port: u16) -> Ch
         .arg("--collector.stat_checkpointer")
         .arg("--collector.stat_wal_receiver")
         .arg("--log.level=warn")
-        .env(
-            "DATA_SOURCE_URI",
-            format!("127.0.0.1:{pg_port}/postgres?sslmode=disable"),
-        )
+        .env("DATA_SOURCE_URI", exporter_uri(common, pg_port))
         .env("DATA_SOURCE_USER", defaults::MONITOR_USER)
         .env(
             "DATA_SOURCE_PASS_FILE",
@@ -73,6 +70,19 @@ pub fn postgres_exporter(common: &Common, metrics_port: u16, pg_port: u16) -> Ch
         // SIGHUP reaches every child when the sidecar reloads its main process; the exporter
         // has nothing to reload and would exit on it.
         .forward(Signal::SIGHUP, Signal::SIGCONT)
+}
+
+/// postgres_exporter's data source (without the user and password, which come from their own
+/// variables): loopback, over TLS checked against the cluster CA when the cluster uses TLS
+/// (the server certificate names `127.0.0.1`), else plaintext.
+pub fn exporter_uri(common: &Common, pg_port: u16) -> String {
+    match common.tls {
+        Some(_) => format!(
+            "127.0.0.1:{pg_port}/postgres?sslmode=verify-full&sslrootcert={}",
+            crate::tls::files(common).ca.display()
+        ),
+        None => format!("127.0.0.1:{pg_port}/postgres?sslmode=disable"),
+    }
 }
 
 /// The pgbouncer_exporter child: PgBouncer's console (`pgbouncer` database, user `pgbouncer`)

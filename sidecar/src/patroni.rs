@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::bail;
 use pgswarm_contract::rules::{self, keepalive, ParameterError, TimingError};
 use pgswarm_contract::{
-    env, Citus, Common, Endpoint, MemberEnv, Postgres, Role, Secret, SynchronousMode,
+    env, Citus, Common, Endpoint, MemberEnv, Postgres, Role, Secret, SynchronousMode, Tls,
 };
 use serde::{Serialize, Serializer};
 use tracing::{info, warn};
@@ -369,12 +369,40 @@ pub struct PostgresqlSection {
 /// The roles Patroni logs in as.
 #[derive(Debug, Clone, Serialize)]
 pub struct Authentication {
-    pub superuser: BasicAuth,
-    pub replication: BasicAuth,
+    pub superuser: PgAuth,
+    pub replication: PgAuth,
     /// pg_rewind runs as the superuser (Patroni's default when `rewind` is absent).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rewind: Option<BasicAuth>,
+    pub rewind: Option<PgAuth>,
 }
+
+/// A PostgreSQL login of Patroni's: user, password and, with TLS on, how the server's
+/// certificate is checked (libpq's `sslmode` and `sslrootcert`, which Patroni passes to
+/// replication, pg_basebackup and pg_rewind connections).
+#[derive(Clone, Serialize)]
+pub struct PgAuth {
+    pub username: String,
+    pub password: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslmode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<String>,
+}
+
+impl fmt::Debug for PgAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PgAuth {{ username: {:?}, sslmode: {:?}, .. }}",
+            self.username, self.sslmode
+        )
+    }
+}
+
+/// How Patroni's connections check the server with TLS on: `verify-ca` against the cluster
+/// CA. Members reach each other by their current overlay address (see [`connect_host`]),
+/// which no certificate can name; the CA still proves the peer is a member of this cluster.
+pub const PATRONI_SSLMODE: &str = "verify-ca";
 
 /// The watchdog: off, since containers have no /dev/watchdog (the leader lock fences instead).
 #[derive(Debug, Clone, Serialize)]
@@ -413,18 +441,24 @@ pub fn connect_host<'a>(
 
 /// pg_hba.conf lines: the postgres OS user over the local socket, Patroni's local replication
 /// checks over loopback, and the allowed networks with scram-sha-256 only.
+/// With TLS required, every TCP line is `hostssl`: a plaintext connection matches no line and
+/// is refused, whoever asks (replication too); only the local socket stays without TLS.
 pub fn pg_hba(common: &Common, allowed_cidrs: &[String]) -> Vec<String> {
     let repl = &common.replication_user;
+    let host = match common.tls {
+        Some(Tls::Require) => "hostssl",
+        Some(Tls::On) | None => "host",
+    };
     let mut lines = vec![
         "local all all peer".to_string(),
-        "host all all 127.0.0.1/32 scram-sha-256".to_string(),
-        "host all all ::1/128 scram-sha-256".to_string(),
-        format!("host replication {repl} 127.0.0.1/32 scram-sha-256"),
-        format!("host replication {repl} ::1/128 scram-sha-256"),
+        format!("{host} all all 127.0.0.1/32 scram-sha-256"),
+        format!("{host} all all ::1/128 scram-sha-256"),
+        format!("{host} replication {repl} 127.0.0.1/32 scram-sha-256"),
+        format!("{host} replication {repl} ::1/128 scram-sha-256"),
     ];
     for cidr in allowed_cidrs {
-        lines.push(format!("host all all {cidr} scram-sha-256"));
-        lines.push(format!("host replication {repl} {cidr} scram-sha-256"));
+        lines.push(format!("{host} all all {cidr} scram-sha-256"));
+        lines.push(format!("{host} replication {repl} {cidr} scram-sha-256"));
     }
     lines
 }
@@ -513,6 +547,18 @@ pub fn render(
             crate::backup::restore_command(common),
         )])
     });
+    // TLS: the server certificate and key copied from the secrets (see `crate::tls`).
+    let tls_files = common.tls.map(|_| crate::tls::files(common));
+    if let Some(files) = &tls_files {
+        for (name, value) in [
+            ("ssl", "on".to_string()),
+            ("ssl_cert_file", files.cert.display().to_string()),
+            ("ssl_key_file", files.key.display().to_string()),
+            ("ssl_ca_file", files.ca.display().to_string()),
+        ] {
+            local_parameters.insert(name.to_string(), value);
+        }
+    }
     for (name, value) in &pg.parameters {
         let lower = name.to_ascii_lowercase();
         if DCS_ONLY_PARAMETERS.contains(&lower.as_str()) {
@@ -525,6 +571,12 @@ pub fn render(
     let user = |username: &str, password: &str| BasicAuth {
         username: username.to_string(),
         password: password.to_string(),
+    };
+    let pg_auth = |username: &str, password: &str| PgAuth {
+        username: username.to_string(),
+        password: password.to_string(),
+        sslmode: tls_files.as_ref().map(|_| PATRONI_SSLMODE.to_string()),
+        sslrootcert: tls_files.as_ref().map(|f| f.ca.display().to_string()),
     };
 
     Ok(PatroniYml {
@@ -574,8 +626,8 @@ pub fn render(
             bin_dir: host.bin_dir.clone(),
             pgpass: pgpass_path(common),
             authentication: Authentication {
-                superuser: user(&common.superuser, &credentials.superuser_password),
-                replication: user(&common.replication_user, &credentials.replication_password),
+                superuser: pg_auth(&common.superuser, &credentials.superuser_password),
+                replication: pg_auth(&common.replication_user, &credentials.replication_password),
                 rewind: None,
             },
             basebackup: vec![BTreeMap::from([("checkpoint".into(), "fast".into())])],
@@ -1222,6 +1274,41 @@ mod tests {
             assert!(!line.contains("0.0.0.0/0"), "{line}");
         }
         assert!(!hba.iter().any(|l| l.contains("trust")), "{hba:?}");
+    }
+
+    #[test]
+    fn tls_turns_ssl_on_checks_peers_against_the_ca_and_required_means_hostssl_only() {
+        let pg = Postgres::default();
+        let etcd = etcd();
+        let off = render(&common(), &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+        assert!(!off.postgresql.parameters.contains_key("ssl"));
+        assert!(off.postgresql.authentication.replication.sslmode.is_none());
+        for (tls, keyword) in [(Tls::On, "host "), (Tls::Require, "hostssl ")] {
+            let mut c = common();
+            c.tls = Some(tls);
+            let config = render(&c, &spec(&pg, &etcd), &host(), &credentials()).unwrap();
+            let p = &config.postgresql.parameters;
+            let files = crate::tls::files(&c);
+            assert_eq!(p["ssl"], "on");
+            assert_eq!(p["ssl_key_file"], files.key.display().to_string());
+            assert_eq!(p["ssl_cert_file"], files.cert.display().to_string());
+            assert_eq!(p["ssl_ca_file"], files.ca.display().to_string());
+            let auth = &config.postgresql.authentication;
+            for login in [&auth.superuser, &auth.replication] {
+                assert_eq!(login.sslmode.as_deref(), Some(PATRONI_SSLMODE));
+                assert_eq!(
+                    login.sslrootcert.as_deref(),
+                    Some(files.ca.display().to_string().as_str())
+                );
+            }
+            let hba = &config.postgresql.pg_hba;
+            assert_eq!(hba[0], "local all all peer");
+            for line in &hba[1..] {
+                assert!(line.starts_with(keyword), "{tls:?}: {line}");
+            }
+            let text = to_text(&config).unwrap();
+            assert!(text.contains("\"sslmode\": \"verify-ca\""), "{text}");
+        }
     }
 
     #[test]

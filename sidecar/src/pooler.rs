@@ -94,6 +94,22 @@ pub struct PoolerConfig {
     pub pool_size: u32,
     pub reserve_pool_size: u32,
     pub max_client_conn: u32,
+    /// TLS settings, when the cluster uses TLS.
+    pub tls: Option<PoolerTls>,
+}
+
+/// PgBouncer's TLS: it terminates the clients' TLS with the cluster's server certificate and
+/// opens its own TLS connections to the router, which passes them through to PostgreSQL.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PoolerTls {
+    /// `prefer` (TLS offered) or `require` (plaintext TCP refused; the socket is exempt).
+    pub client_sslmode: String,
+    /// `verify-ca`: PgBouncer connects to the router's current address, which no
+    /// certificate names; the cluster CA must have signed the member's certificate.
+    pub server_sslmode: String,
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 impl PoolerConfig {
@@ -179,6 +195,20 @@ impl PoolerConfig {
             pool_size,
             reserve_pool_size: (pool_size / 4).max(1),
             max_client_conn,
+            tls: common.tls.map(|tls| {
+                let files = crate::tls::files(common);
+                PoolerTls {
+                    client_sslmode: match tls {
+                        pgswarm_contract::Tls::On => "prefer",
+                        pgswarm_contract::Tls::Require => "require",
+                    }
+                    .into(),
+                    server_sslmode: "verify-ca".into(),
+                    ca_file: files.ca.display().to_string(),
+                    cert_file: files.cert.display().to_string(),
+                    key_file: files.key.display().to_string(),
+                }
+            }),
         })
     }
 }
@@ -477,17 +507,12 @@ async fn admin_client(
         .password(password)
         .dbname("pgbouncer")
         .connect_timeout(Duration::from_secs(3));
-    let (client, connection) =
-        config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| AdminError::Unreachable {
-                port,
-                reason: describe(&e),
-            })?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let client = crate::tls::connect(&config)
+        .await
+        .map_err(|e| AdminError::Unreachable {
+            port,
+            reason: describe(&e),
+        })?;
     Ok(client)
 }
 

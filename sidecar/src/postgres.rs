@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _};
 use nix::sys::signal::Signal;
 use pgswarm_contract::{Common, MemberEnv, Mode, Postgres, Role};
 use serde::Serialize;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use crate::secrets::SecretValue;
@@ -489,18 +489,12 @@ impl Server {
     }
 }
 
-/// Connects and drives the connection in a task; errors name `what`.
+/// Connects and drives the connection in a task (over TLS when the cluster uses it, see
+/// [`crate::tls::connect`]); errors name `what`.
 pub async fn connect(config: &tokio_postgres::Config, what: &str) -> anyhow::Result<Client> {
-    let (client, connection) = config
-        .connect(NoTls)
+    crate::tls::connect(config)
         .await
-        .with_context(|| format!("connecting to {what}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "connection closed");
-        }
-    });
-    Ok(client)
+        .with_context(|| format!("connecting to {what}"))
 }
 
 fn parse_controldata_identifier(text: &str) -> Option<u64> {

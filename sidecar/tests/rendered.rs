@@ -78,11 +78,17 @@ fn rendered() -> Vec<(&'static str, String)> {
         .expect("valid");
     let haproxy = router::render(&Templates::default(), &router_config).expect("renders");
 
-    let pooler = member_of("patroni", "pooler");
-    let pooler_config = pooler::PoolerConfig::from_contract(&pooler.common, &pooler.role)
-        .expect("a pooler")
-        .expect("valid");
-    let pgbouncer = pooler::render(&Templates::default(), &pooler_config).expect("renders");
+    let pgbouncer_of = |stack: &str| {
+        let pooler = member_of(stack, "pooler");
+        let pooler_config = pooler::PoolerConfig::from_contract(&pooler.common, &pooler.role)
+            .expect("a pooler")
+            .expect("valid");
+        pooler::render(&Templates::default(), &pooler_config).expect("renders")
+    };
+    let pgbouncer = pgbouncer_of("patroni");
+    // TLS required: ssl parameters, hostssl lines, verify-ca logins; PgBouncer's TLS.
+    let patroni_tls_yml = patroni_yml(&member_of("patroni-tls", "pg1"));
+    let pgbouncer_tls = pgbouncer_of("patroni-tls");
 
     let etcd = member_of("patroni", "etcd1");
     let plan = etcd::plan(&etcd.common, &etcd.role)
@@ -95,6 +101,8 @@ fn rendered() -> Vec<(&'static str, String)> {
         ("patroni-citus-worker.yml", citus_yml),
         ("haproxy.cfg", haproxy),
         ("pgbouncer.ini", pgbouncer),
+        ("patroni-tls.yml", patroni_tls_yml),
+        ("pgbouncer-tls.ini", pgbouncer_tls),
         ("etcd.args", etcd_args),
     ]
 }

@@ -336,7 +336,7 @@ pub fn render_stack(cluster: &Cluster) -> StackFile {
     let mut secrets = OrderedMap::default();
     for secret in cluster.secrets() {
         secrets.insert(
-            secret.docker_name(&cluster.name),
+            cluster.secret_docker_name(secret),
             ComposeSecret { external: true },
         );
     }
@@ -403,7 +403,7 @@ fn compose_service(cluster: &Cluster, service: &Service) -> ComposeService {
             .secrets()
             .into_iter()
             .map(|s| SecretMount {
-                source: s.docker_name(&cluster.name),
+                source: cluster.secret_docker_name(s),
                 target: s.file_name().into(),
             })
             // Every data member may lead, and the leader sets the roles' passwords.
@@ -524,7 +524,21 @@ fn header(cluster: &Cluster) -> String {
                 s.docker_name(name)
             ));
         }
-        for s in secrets.iter().filter(|s| !Secret::BACKUP_TLS.contains(s)) {
+        for s in secrets.iter().filter(|s| Secret::CLUSTER_TLS.contains(s)) {
+            if cluster.generates(*s) {
+                h.push_str(&format!(
+                    "#   {} (client and replication TLS: the cluster CA, the server certificate \
+                     and its key, made together by swarmctl deploy)\n",
+                    s.docker_name(name)
+                ));
+            } else {
+                h.push_str(&format!(
+                    "#   {} (client and replication TLS: yours, it must exist)\n",
+                    cluster.secret_docker_name(*s)
+                ));
+            }
+        }
+        for s in secrets.iter().filter(|s| !s.is_certificate()) {
             h.push_str(&format!(
                 "#   tr -dc A-Za-z0-9 </dev/urandom | head -c 32 | docker secret create {} -\n",
                 s.docker_name(name)

@@ -104,6 +104,9 @@ rules! {
     /// A `backup` section that is malformed: retention, schedule, archive_timeout, a
     /// PostgreSQL parameter archiving owns, or a topology without backups.
     Backup = "backup", Error;
+    /// A `tls` section that is malformed: a topology without TLS, only some of your own
+    /// certificate secrets, a bad secret name, or an `ssl` parameter TLS owns.
+    Tls = "tls", Error;
     /// A Patroni cluster or Citus group of one member: no failover.
     SingleMember = "single-member", Warning;
     /// One etcd member: the DCS itself has no redundancy.

@@ -215,6 +215,31 @@ pub struct Cluster {
     pub objects: Objects,
     /// The password secrets of the declared login roles, mounted on every data member.
     pub role_secrets: Vec<RoleSecret>,
+    /// TLS for client and replication connections (the `tls` section); `None` = off.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The cluster's TLS: whether plaintext is still admitted, and whose certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    pub mode: pgswarm_contract::Tls,
+    /// The user's own Docker secrets for the CA, the certificate and the key (in that
+    /// order); `None` = swarmctl generates `<cluster>_tls_ca`, `_tls_cert`, `_tls_key`.
+    pub own_secrets: Option<[String; 3]>,
+    /// More names for the generated certificate (`tls.names`).
+    pub names: Vec<String>,
+}
+
+impl ClusterTls {
+    /// The Docker secret holding `secret` (one of [`Secret::CLUSTER_TLS`]), when the user
+    /// gave their own.
+    pub fn own_secret(&self, secret: Secret) -> Option<&str> {
+        let own = self.own_secrets.as_ref()?;
+        Secret::CLUSTER_TLS
+            .iter()
+            .position(|s| *s == secret)
+            .map(|i| own[i].as_str())
+    }
 }
 
 impl Cluster {
@@ -262,6 +287,24 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// The Docker secret that holds `secret` for this cluster: `<cluster>_<file name>`, or
+    /// the user's own for the TLS certificates.
+    pub fn secret_docker_name(&self, secret: Secret) -> String {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.own_secret(secret))
+            .map(String::from)
+            .unwrap_or_else(|| secret.docker_name(&self.name))
+    }
+
+    /// Whether swarmctl makes `secret` when it is missing (not the user's own certificate).
+    pub fn generates(&self, secret: Secret) -> bool {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.own_secret(secret))
+            .is_none()
     }
 
     /// Every Docker secret some service needs, in a stable order.

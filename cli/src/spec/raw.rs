@@ -66,6 +66,35 @@ pub struct RawSpec {
     /// Backups and continuous WAL archiving with pgBackRest (`patroni` topology).
     #[serde(default)]
     pub backup: Option<RawBackup>,
+    /// TLS for client and replication connections (`patroni` topology; off when absent).
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// TLS for client and replication connections: PostgreSQL and PgBouncer get a server
+/// certificate signed by the cluster's CA (generated as Docker secrets, or the user's own).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// `false` turns TLS off (default true when the section is present).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `true`: only TLS over TCP (`hostssl`), plaintext refused (default false: offered).
+    #[serde(default)]
+    pub require: Option<bool>,
+    /// Your own CA certificate (PEM), an existing Docker secret (with the two below).
+    #[serde(default)]
+    pub ca_secret: Option<String>,
+    /// Your own server certificate (PEM), an existing Docker secret.
+    #[serde(default)]
+    pub cert_secret: Option<String>,
+    /// Its private key (PEM), an existing Docker secret.
+    #[serde(default)]
+    pub key_secret: Option<String>,
+    /// More names (DNS names or IP addresses) for the generated certificate: the addresses
+    /// clients reach the published ports by, so they can use `sslmode=verify-full`.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
 }
 
 /// Backups with pgBackRest: a repository service of the stack holds the backups and the

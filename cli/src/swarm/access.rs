@@ -176,10 +176,23 @@ pub fn connection_uris(
             .service(name)
             .and_then(|s| s.ports.iter().find(|p| p.target == target).map(|p| p.port))
     };
+    // With TLS: the client checks the server against the cluster CA, and the host name too
+    // when the certificate names the host it connects by.
+    let ca_file = format!("{}-ca.crt", cluster.name);
+    let tls_query = cluster.tls.as_ref().map(|_| {
+        let names = super::secrets::tls_names(cluster);
+        let mode = if names.iter().any(|n| n == host) {
+            "verify-full"
+        } else {
+            "verify-ca"
+        };
+        format!("?sslmode={mode}&sslrootcert={ca_file}")
+    });
+    let query = tls_query.clone().unwrap_or_default();
     let mut out = String::new();
     let mut line = |what: &str, port: Option<u16>| match port {
         Some(p) => out.push_str(&format!(
-            "{what:<22}postgresql://{user}@{host}:{p}/{database}\n"
+            "{what:<22}postgresql://{user}@{host}:{p}/{database}{query}\n"
         )),
         None => out.push_str(&format!("{what:<22}(not published outside the swarm)\n")),
     };
@@ -212,6 +225,24 @@ pub fn connection_uris(
         super::SERVICE_NAME_LABEL,
         service_name(&cluster.name, &first.name),
     ));
+    if let Some(query) = &tls_query {
+        let command =
+            super::secrets::read_command(cluster, pgswarm_contract::Secret::TlsCa, &first.name);
+        out.push_str(&format!(
+            "cluster CA ({}; TLS {}), saved where the URIs expect it:\n  {command} > {ca_file}\n",
+            cluster.secret_docker_name(pgswarm_contract::Secret::TlsCa),
+            cluster.tls.as_ref().map_or("on", |t| match t.mode {
+                pgswarm_contract::Tls::On => "offered",
+                pgswarm_contract::Tls::Require => "required",
+            }),
+        ));
+        if query.contains("verify-ca") {
+            out.push_str(&format!(
+                "  (verify-ca: the certificate does not name `{host}`; inside the swarm connect by \
+                 service name with sslmode=verify-full, or add `{host}` to tls.names)\n"
+            ));
+        }
+    }
     Ok(out)
 }
 
@@ -282,5 +313,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("group role"), "{err}");
+    }
+
+    #[test]
+    fn with_tls_connect_asks_for_verification_and_says_how_to_save_the_ca() {
+        let text = "name: demo\ntopology: patroni\nroles:\n  - name: app\ndatabases:\n  - name: \
+                    appdb\n    owner: app\ntls:\n  require: true\n  names: [db.example.com]\n";
+        let c = parse(text).expect("valid").cluster;
+        let out = connection_uris(&c, Some("app"), None, "db.example.com").unwrap();
+        assert!(
+            out.contains(
+                "postgresql://app@db.example.com:5000/appdb?sslmode=verify-full&sslrootcert=demo-ca.crt"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("cat /run/secrets/tls_ca > demo-ca.crt"),
+            "{out}"
+        );
+        assert!(out.contains("demo_tls_ca; TLS required"), "{out}");
+        // An address the certificate does not name: the CA is still checked.
+        let out = connection_uris(&c, Some("app"), None, "10.0.0.5").unwrap();
+        assert!(
+            out.contains("?sslmode=verify-ca&sslrootcert=demo-ca.crt"),
+            "{out}"
+        );
+        assert!(out.contains("does not name `10.0.0.5`"), "{out}");
+        // Without TLS, plain URIs.
+        let plain = parse("name: demo\ntopology: patroni\n")
+            .expect("valid")
+            .cluster;
+        let out = connection_uris(&plain, None, None, "h").unwrap();
+        assert!(
+            !out.contains("sslmode") && !out.contains("cluster CA"),
+            "{out}"
+        );
     }
 }

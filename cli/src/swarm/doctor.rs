@@ -261,7 +261,7 @@ pub async fn run(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Report> {
     let missing = secrets::missing(engine, cluster).await?;
     let names: Vec<String> = missing
         .iter()
-        .map(|s| s.docker_name(&cluster.name))
+        .map(|s| cluster.secret_docker_name(*s))
         .collect();
     if names.is_empty() {
         report.add(Verdict::Ok, "secrets", "all present");

@@ -80,7 +80,7 @@ pub async fn missing(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Vec<S
     Ok(cluster
         .secrets()
         .into_iter()
-        .filter(|s| !existing.contains(&s.docker_name(&cluster.name)))
+        .filter(|s| !existing.contains(&cluster.secret_docker_name(*s)))
         .collect())
 }
 
@@ -105,7 +105,42 @@ pub async fn create_missing(engine: &Engine, cluster: &Cluster) -> anyhow::Resul
         anyhow::bail!("{}", absent.join("\n"));
     }
     let missing = missing(engine, cluster).await?;
+    let not_yours: Vec<String> = missing
+        .iter()
+        .filter(|s| !cluster.generates(**s))
+        .map(|s| cluster.secret_docker_name(*s))
+        .collect();
+    if !not_yours.is_empty() {
+        anyhow::bail!(
+            "the tls section names your own certificate secrets, and {} does not exist: create \
+             it from a PEM file (`docker secret create NAME FILE`), or remove ca_secret, \
+             cert_secret and key_secret from the spec and swarmctl generates them",
+            not_yours.join(", ")
+        );
+    }
     let mut certificates = Vec::new();
+    let cluster_tls_missing: Vec<Secret> = missing
+        .iter()
+        .copied()
+        .filter(|s| Secret::CLUSTER_TLS.contains(s))
+        .collect();
+    if !cluster_tls_missing.is_empty() {
+        if cluster_tls_missing.len() != Secret::CLUSTER_TLS.len() {
+            let present: Vec<String> = Secret::CLUSTER_TLS
+                .iter()
+                .filter(|s| !cluster_tls_missing.contains(s))
+                .map(|s| s.docker_name(&cluster.name))
+                .collect();
+            anyhow::bail!(
+                "the TLS secrets are made together (the cluster CA, the server certificate and \
+                 its key), and only some exist: remove {} (`docker secret rm {}`, with the \
+                 stack down) so swarmctl generates all three again",
+                present.join(", "),
+                present.join(" ")
+            );
+        }
+        certificates.extend(cluster_tls(cluster)?);
+    }
     let tls_missing: Vec<Secret> = missing
         .iter()
         .copied()
@@ -124,11 +159,11 @@ pub async fn create_missing(engine: &Engine, cluster: &Cluster) -> anyhow::Resul
                 present.join(" ")
             );
         }
-        certificates = backup_tls(cluster)?;
+        certificates.extend(backup_tls(cluster)?);
     }
     let mut names: Vec<String> = missing
         .into_iter()
-        .filter(|s| !Secret::BACKUP_TLS.contains(s))
+        .filter(|s| !s.is_certificate())
         .map(|s| s.docker_name(&cluster.name))
         .collect();
     names.extend(
@@ -142,7 +177,7 @@ pub async fn create_missing(engine: &Engine, cluster: &Cluster) -> anyhow::Resul
     for (secret, pem) in certificates {
         let name = secret.docker_name(&cluster.name);
         create(engine, cluster, &name, pem.as_bytes()).await?;
-        tracing::info!(secret = %name, "created a Docker secret for pgBackRest's TLS");
+        tracing::info!(secret = %name, "created a Docker secret with a generated certificate or key");
         created.push(name);
     }
     for name in names {
@@ -196,13 +231,70 @@ pub fn backup_tls(cluster: &Cluster) -> anyhow::Result<Vec<(Secret, String)>> {
     ])
 }
 
+/// The common name of the cluster's server certificate.
+pub fn tls_common_name(cluster: &str) -> String {
+    format!("pgswarm-{cluster}-server")
+}
+
+/// The names the cluster's server certificate is valid for: every data member, the router
+/// and the pooler, each as its short name (the stack's network alias), its stack-prefixed
+/// service name and the `tasks.` forms of both; and loopback (`localhost`, `127.0.0.1`), for
+/// the connections a container makes to its own PostgreSQL or PgBouncer; and the spec's
+/// `tls.names` (the addresses clients reach the published ports by).
+pub fn tls_names(cluster: &Cluster) -> Vec<String> {
+    let mut names: Vec<String> = cluster
+        .services
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.kind,
+                ServiceKind::Data { .. } | ServiceKind::Router | ServiceKind::Pooler
+            )
+        })
+        .flat_map(|s| {
+            let full = super::service_name(&cluster.name, &s.name);
+            [
+                s.name.clone(),
+                format!("tasks.{}", s.name),
+                format!("tasks.{full}"),
+                full,
+            ]
+        })
+        .collect();
+    names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    if let Some(tls) = &cluster.tls {
+        names.extend(tls.names.iter().cloned());
+    }
+    names
+}
+
+/// The CA, server certificate and key of the cluster's client and replication TLS (PEM):
+/// one certificate for PostgreSQL on every member and for PgBouncer, named by
+/// [`tls_names`]. The CA's key is dropped once the certificate is signed: nothing else can be
+/// signed by it (a new member needs the three secrets made again, with the stack down).
+pub fn cluster_tls(cluster: &Cluster) -> anyhow::Result<Vec<(Secret, String)>> {
+    let ca = CertificateAuthority::generate(&format!("pgswarm {} CA", cluster.name))?;
+    let leaf = ca.issue(&LeafRequest {
+        common_name: tls_common_name(&cluster.name),
+        names: tls_names(cluster),
+        usage: Usage::Server,
+    })?;
+    Ok(vec![
+        (Secret::TlsCa, ca.cert_pem().to_string()),
+        (Secret::TlsCert, leaf.cert_pem),
+        (Secret::TlsKey, leaf.key_pem),
+    ])
+}
+
 /// Removes the Docker secrets of `cluster` that exist; returns the names removed.
 pub async fn remove(engine: &Engine, cluster: &Cluster) -> anyhow::Result<Vec<String>> {
     let existing = existing(engine).await?;
     let mut removed = Vec::new();
+    // The user's own certificate secrets stay: they are not the cluster's to remove.
     let names = cluster
         .secrets()
         .into_iter()
+        .filter(|s| cluster.generates(*s))
         .map(|s| s.docker_name(&cluster.name))
         .chain(
             cluster
@@ -271,6 +363,67 @@ mod tests {
             );
         }
         assert_eq!(x509.subject().to_string(), "CN=pgswarm-demo-backup");
+        assert!(pems[2].1.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn cluster_tls_names_every_member_the_router_the_pooler_and_loopback() {
+        let text = "name: demo\ntopology: patroni\nmembers: 2\ntls:\n  names: [db.example.com, \
+                    192.0.2.10]\n";
+        let cluster = crate::spec::parse(text).expect("valid").cluster;
+        let pems = cluster_tls(&cluster).expect("certificates");
+        assert_eq!(
+            pems.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            Secret::CLUSTER_TLS
+        );
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pems[1].1.as_bytes()).expect("PEM");
+        let x509 = pem.parse_x509().expect("X.509");
+        let names: Vec<String> = x509
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        for name in [
+            "pg1",
+            "demo_pg1",
+            "tasks.demo_pg1",
+            "pg2",
+            "router",
+            "demo_router",
+            "tasks.router",
+            "tasks.demo_router",
+            "pooler",
+            "demo_pooler",
+            "tasks.pooler",
+            "localhost",
+            "db.example.com",
+        ] {
+            assert!(
+                names.contains(&format!("DNSName({name})")),
+                "{name}: {names:?}"
+            );
+        }
+        // IP addresses print as hex octets: 127.0.0.1 and 192.0.2.10.
+        assert!(
+            names.contains(&"IPAddress(7f:00:00:01)".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"IPAddress(c0:00:02:0a)".to_string()),
+            "{names:?}"
+        );
+        assert!(!names.iter().any(|n| n.contains("etcd")), "{names:?}");
+        assert_eq!(x509.subject().to_string(), "CN=pgswarm-demo-server");
+        // Signed by the CA that comes with it.
+        let (_, ca) = x509_parser::pem::parse_x509_pem(pems[0].1.as_bytes()).expect("PEM");
+        let ca = ca.parse_x509().expect("X.509");
+        assert_eq!(x509.issuer(), ca.subject());
+        x509.verify_signature(Some(ca.public_key()))
+            .expect("signed by the CA");
         assert!(pems[2].1.contains("PRIVATE KEY"));
     }
 

@@ -289,6 +289,13 @@ pub fn connection_help(cluster: &Cluster, node_addr: &str) -> String {
         spec_hint(cluster),
         spec_hint(cluster),
     ));
+    if cluster.tls.is_some() {
+        out.push_str(&format!(
+            "TLS:     clients trust the cluster CA (add ?sslmode=verify-full&sslrootcert=FILE); \
+             `swarmctl connect{} --role ROLE` prints the URIs and the command that saves it\n",
+            spec_hint(cluster)
+        ));
+    }
     out
 }
 
@@ -356,5 +363,14 @@ mod tests {
         // The default cluster publishes in host mode: it needs no IPVS.
         assert!(!uses_mesh(&c));
         assert!(text.contains("published in host mode"), "{text}");
+        assert!(!text.contains("TLS:"), "{text}");
+        let tls = crate::spec::parse("name: demo\ntopology: patroni\ntls: {}\n")
+            .expect("valid")
+            .cluster;
+        let text = connection_help(&tls, "127.0.0.1");
+        assert!(
+            text.contains("swarmctl connect -f SPEC --role ROLE` prints the URIs"),
+            "{text}"
+        );
     }
 }

@@ -116,6 +116,7 @@ pub fn sweep_leftovers(node_id: &str) -> Result<()> {
             node_id: node_id.to_string(),
             dir: std::env::temp_dir().join(format!("pgswarm-e2e-{name}")),
             stack_deployed: true,
+            tls_ca: None,
         };
         drop(leftover);
     }
@@ -146,6 +147,9 @@ pub struct Deployment {
     node_id: String,
     dir: PathBuf,
     stack_deployed: bool,
+    /// The cluster CA (PEM) of client and replication TLS, when the spec turns TLS on: what a
+    /// client trusts to connect with `sslmode=verify-full`.
+    pub tls_ca: Option<String>,
 }
 
 /// What the test client needs published: (service key, target port) pairs, chosen from the
@@ -173,6 +177,7 @@ impl Deployment {
             node_id: swarm.node_id,
             dir,
             stack_deployed: false,
+            tls_ca: None,
         };
         deployment.setup(spec, publish)?;
         Ok(deployment)
@@ -297,19 +302,32 @@ impl Deployment {
     }
 
     fn create_secrets(&mut self, spec: &str) -> Result<()> {
-        // pgBackRest's TLS secrets are a CA, a certificate and its key, made as swarmctl does.
+        // The TLS secrets (pgBackRest's, and the cluster's client and replication TLS) are a
+        // CA, a certificate and its key, made as swarmctl does.
         let mut certificates = BTreeMap::new();
-        if self
-            .stack
-            .external_secrets()
-            .iter()
-            .any(|n| n == &Secret::BackupTlsCa.docker_name(&self.name))
-        {
+        let wants = |secret: Secret| {
+            self.stack
+                .external_secrets()
+                .iter()
+                .any(|n| n == &secret.docker_name(&self.name))
+        };
+        let (backup, cluster_tls) = (wants(Secret::BackupTlsCa), wants(Secret::TlsCa));
+        if backup || cluster_tls {
             let cluster = swarmctl::spec::parse(spec)
                 .map_err(|e| anyhow!("{}", e.render("cluster.yml")))?
                 .cluster;
-            for (secret, pem) in swarmctl::swarm::secrets::backup_tls(&cluster)? {
-                certificates.insert(secret.docker_name(&self.name), pem);
+            if backup {
+                for (secret, pem) in swarmctl::swarm::secrets::backup_tls(&cluster)? {
+                    certificates.insert(secret.docker_name(&self.name), pem);
+                }
+            }
+            if cluster_tls {
+                for (secret, pem) in swarmctl::swarm::secrets::cluster_tls(&cluster)? {
+                    if secret == Secret::TlsCa {
+                        self.tls_ca = Some(pem.clone());
+                    }
+                    certificates.insert(secret.docker_name(&self.name), pem);
+                }
             }
         }
         for name in self.stack.external_secrets() {

@@ -510,6 +510,40 @@ fn status_figures(cluster: &PatroniCluster, leader: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every Patroni member's postgres_exporter answers `pg_up 1` (with TLS required, its
+/// loopback connection must go over TLS checked against the cluster CA). Returns how many.
+pub async fn postgres_exporters_up(dep: &Deployment) -> Result<usize> {
+    let members = dep.stack.services_in_mode(Mode::Patroni)?;
+    let mut urls = Vec::new();
+    for s in &members {
+        let port = s
+            .env
+            .common
+            .metrics_port
+            .ok_or_else(|| anyhow!("{} has no metrics port", s.key))?;
+        urls.push((
+            format!("http://{}:{port}/metrics", s.key),
+            "pgswarm_instance_is_primary",
+        ));
+    }
+    let from = &members
+        .first()
+        .ok_or_else(|| anyhow!("the stack has no Patroni member"))?
+        .key;
+    let scrapes = scrape_all(dep, from, &urls, Duration::from_secs(90)).await?;
+    for ((url, _), s) in urls.iter().zip(&members) {
+        let scrape = scrapes
+            .get(url)
+            .ok_or_else(|| anyhow!("{url} was not scraped"))?;
+        ensure!(
+            scrape.value(&s.key, "pg_up", &[])? == 1.0,
+            "{}: pg_up is not 1",
+            s.key
+        );
+    }
+    Ok(members.len())
+}
+
 /// The replication topology's exporters: each member answers `pg_up 1` and its role, and the
 /// primary reports the replica's lag and its slot's retained WAL. Returns the members' scrape
 /// times in milliseconds.

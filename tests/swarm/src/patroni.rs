@@ -131,12 +131,18 @@ impl PatroniCluster {
         );
         let user = first.env.common.superuser.clone();
         let password = dep.password(Secret::SuperuserPassword)?;
+        // With TLS on, the test client trusts the cluster CA only and checks the host name
+        // (the server certificate names 127.0.0.1 too).
+        let ca = dep
+            .tls_ca
+            .as_deref()
+            .map(crate::pg::ClusterCa::from_pem)
+            .transpose()?;
         let endpoint = |key: &str, target: u16| -> Result<Endpoint> {
-            Ok(Endpoint::new(
-                dep.host_port(key, target)?,
-                &user,
-                password.clone(),
-            ))
+            Ok(
+                Endpoint::new(dep.host_port(key, target)?, &user, password.clone())
+                    .with_tls(ca.clone()),
+            )
         };
         let rw = endpoint(&router.key, *rw_port)?;
         let ro = endpoint(&router.key, *ro_port)?;

@@ -3,8 +3,12 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::debug;
 
 use crate::secrets::Password;
@@ -36,6 +40,38 @@ pub struct Endpoint {
     pub user: String,
     pub password: Password,
     pub dbname: String,
+    /// TLS required and checked like libpq's `verify-full`: the server's certificate must be
+    /// signed by this CA for the host connected to. `None`: plaintext.
+    pub tls: Option<ClusterCa>,
+}
+
+/// A TLS connector that trusts one cluster CA only.
+#[derive(Clone)]
+pub struct ClusterCa(MakeRustlsConnect);
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterCa")
+    }
+}
+
+impl ClusterCa {
+    /// From the CA certificate (PEM).
+    pub fn from_pem(pem: &str) -> Result<ClusterCa> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| anyhow!("the CA is not PEM: {e}"))?)
+                .map_err(|e| anyhow!("the CA is not a usable certificate: {e}"))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS versions")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(ClusterCa(MakeRustlsConnect::new(config)))
+    }
 }
 
 impl Endpoint {
@@ -46,7 +82,14 @@ impl Endpoint {
             user: user.to_string(),
             password,
             dbname: "postgres".into(),
+            tls: None,
         }
+    }
+
+    /// The same endpoint over TLS verified against `ca` (or plaintext with `None`).
+    pub fn with_tls(mut self, ca: Option<ClusterCa>) -> Endpoint {
+        self.tls = ca;
+        self
     }
 
     /// The same endpoint, published on any of `hosts`.
@@ -72,6 +115,9 @@ impl Endpoint {
             .dbname(&self.dbname)
             .application_name("pgswarm-e2e")
             .connect_timeout(connect_timeout);
+        if self.tls.is_some() {
+            config.ssl_mode(SslMode::Require);
+        }
         config
     }
 
@@ -82,16 +128,34 @@ impl Endpoint {
         for host in &self.hosts {
             let config = self.config(host, timeout);
             let (host, port) = (host.clone(), self.port);
+            let tls = self.tls.clone();
             attempts.spawn(async move {
-                let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+                let connected = async {
+                    match tls {
+                        Some(ClusterCa(tls)) => {
+                            let (client, connection) = config.connect(tls).await?;
+                            tokio::spawn(async move {
+                                if let Err(e) = connection.await {
+                                    debug!(error = %e, "connection ended");
+                                }
+                            });
+                            Ok::<Client, tokio_postgres::Error>(client)
+                        }
+                        None => {
+                            let (client, connection) = config.connect(NoTls).await?;
+                            tokio::spawn(async move {
+                                if let Err(e) = connection.await {
+                                    debug!(error = %e, "connection ended");
+                                }
+                            });
+                            Ok(client)
+                        }
+                    }
+                };
+                let client = tokio::time::timeout(timeout, connected)
                     .await
                     .with_context(|| format!("connecting to {host}:{port} timed out"))?
                     .with_context(|| format!("cannot connect to {host}:{port}"))?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        debug!(error = %e, "connection ended");
-                    }
-                });
                 Ok::<Client, anyhow::Error>(client)
             });
         }

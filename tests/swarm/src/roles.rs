@@ -1,7 +1,10 @@
 //! Application roles and databases declared in the spec, on a real swarm: `swarmctl
 //! apply-roles` creates them on the leader; the application role logs in through PgBouncer
 //! (auth_query) and through the router, works in its own database and is refused by one it
-//! was not granted; a changed role is altered in place, nothing restarts.
+//! was not granted; a changed role is altered in place, nothing restarts. With the spec's
+//! `tls: {require: true}` ([`TLS_SECTION`]) all of that goes over TLS checked against the
+//! cluster CA, and [`tls_checks`] proves `sslmode=verify-full` by service name from inside the
+//! stack's network and that plaintext is refused through the router and by a member.
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,9 +12,13 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use tracing::info;
 
-use crate::image::swarmctl_path;
+use crate::image::{image_tag, swarmctl_path};
 use crate::patroni::PatroniCluster;
 use crate::pg::Endpoint;
+use pgswarm_contract::{Mode, Role};
+
+/// The `tls` section the roles scenario deploys with: TLS required for every TCP connection.
+pub const TLS_SECTION: &str = "tls:\n  require: true\n";
 
 /// The roles and databases section appended to a Patroni spec; `limit` is the application
 /// role's connection limit.
@@ -99,7 +106,9 @@ pub async fn application_roles(cluster: &PatroniCluster) -> Result<RolesReport> 
     );
     let password = dep.secret_value(&format!("{}_role_app_password", dep.name))?;
     let as_app = |base: &Endpoint, dbname: &str| {
-        let mut e = Endpoint::new(base.port, "app", password.clone()).on_hosts(base.hosts.clone());
+        let mut e = Endpoint::new(base.port, "app", password.clone())
+            .on_hosts(base.hosts.clone())
+            .with_tls(base.tls.clone());
         e.dbname = dbname.into();
         e
     };
@@ -205,5 +214,273 @@ pub async fn application_roles(cluster: &PatroniCluster) -> Result<RolesReport> 
     Ok(RolesReport {
         first_apply,
         second_apply,
+    })
+}
+
+/// What psql in a one-off container printed, and whether it succeeded.
+#[derive(Debug)]
+pub struct PsqlRun {
+    pub ok: bool,
+    pub output: String,
+}
+
+/// Runs psql in a one-off container of the image on the stack's (attachable) network, as a
+/// client there would: `conninfo` names the service it connects to; the password and the CA
+/// (PEM) come on standard input, never on a command line, in the environment or in `docker
+/// inspect`. The CA lands in `/tmp/ca.crt` (for `sslrootcert`).
+pub fn psql_in_network(
+    network: &str,
+    conninfo: &str,
+    password: &str,
+    ca_pem: &str,
+    sql: &str,
+) -> Result<PsqlRun> {
+    use std::io::Write;
+    let script = format!(
+        "IFS= read -r pw; cat > /tmp/ca.crt; umask 077; printf '*:*:*:*:%s\\n' \"$pw\" > \
+         /tmp/pgpass; PGPASSFILE=/tmp/pgpass PGCONNECT_TIMEOUT=10 psql -w -X -A -t -v \
+         ON_ERROR_STOP=1 '{conninfo}' -c \"$1\""
+    );
+    let mut child = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "--network",
+            network,
+            "--entrypoint",
+            "sh",
+            &image_tag(),
+            "-c",
+            &script,
+            "psql-in-network",
+            sql,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run `docker run` for psql")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(format!("{password}\n{ca_pem}\n").as_bytes())?;
+    }
+    let out = child.wait_with_output().context("`docker run` for psql")?;
+    Ok(PsqlRun {
+        ok: out.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
+}
+
+/// What the TLS checks saw.
+#[derive(Debug)]
+pub struct TlsReport {
+    /// Replicas streaming over TLS (from the leader's `pg_stat_replication`).
+    pub encrypted_replicas: i64,
+    /// Members whose postgres_exporter answered `pg_up 1`.
+    pub exporters: usize,
+}
+
+/// TLS required (the spec's [`TLS_SECTION`]): from a one-off container on the stack's network
+/// trusting only the cluster CA, role `app` logs in with `sslmode=verify-full` by the pooler's
+/// and the router's service names, creates a table in its database through each, and is
+/// refused by `otherdb`; a plaintext connection (`sslmode=disable`) is refused through the
+/// router and directly by a member, for `app` and for the replication user; every replica
+/// streams over TLS; `swarmctl psql` connects with verify-full, `swarmctl status` reads every
+/// member; and every member's metrics exporter still reaches its server.
+pub async fn tls_checks(cluster: &PatroniCluster) -> Result<TlsReport> {
+    let dep = &cluster.dep;
+    let ca = dep
+        .tls_ca
+        .clone()
+        .context("the deployment made no cluster CA: the spec needs the tls section")?;
+    let network = format!("{}_{}", dep.name, swarmctl::render::NETWORK);
+    let password = dep.secret_value(&format!("{}_role_app_password", dep.name))?;
+    let router = dep.stack.only_service(Mode::Router)?;
+    let pooler = dep.stack.only_service(Mode::Pooler)?;
+    let (Role::Router { rw_port, .. }, Role::Pooler { port, .. }) =
+        (&router.env.role, &pooler.env.role)
+    else {
+        bail!("router or pooler service has an unexpected role");
+    };
+    let member = cluster
+        .members
+        .first()
+        .context("the cluster has no member")?
+        .clone();
+    let pg_port = pgswarm_contract::defaults::PG_PORT;
+    let conninfo = |host: &str, port: u16, db: &str, user: &str, sslmode: &str| {
+        format!(
+            "host={host} port={port} dbname={db} user={user} sslmode={sslmode} \
+             sslrootcert=/tmp/ca.crt"
+        )
+    };
+    let run = |conninfo: String, sql: &str| {
+        psql_in_network(&network, &conninfo, password.expose(), &ca, sql)
+    };
+    let ssl_sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    // verify-full by service name: the pooler terminates TLS with the cluster certificate and
+    // reaches PostgreSQL over TLS of its own (the server session shows ssl = t).
+    for (door, host, port, table) in [
+        ("pooler", pooler.key.as_str(), *port, "tls_pooled"),
+        ("router", router.key.as_str(), *rw_port, "tls_routed"),
+    ] {
+        let sql = format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY); INSERT INTO {table} VALUES (1); {ssl_sql}"
+        );
+        let r = run(conninfo(host, port, "appdb", "app", "verify-full"), &sql)?;
+        info!(door, output = %r.output.trim(), "app over TLS, verify-full");
+        ensure!(
+            r.ok && r.output.lines().any(|l| l.trim() == "t"),
+            "app through the {door} ({host}:{port}) with sslmode=verify-full: {}",
+            r.output.trim()
+        );
+        let r = run(
+            conninfo(host, port, "otherdb", "app", "verify-full"),
+            "SELECT 1",
+        )?;
+        ensure!(
+            !r.ok && r.output.contains("permission denied for database"),
+            "app reached otherdb through the {door} over TLS, or failed for another reason: {}",
+            r.output.trim()
+        );
+    }
+    // Plaintext is refused by pg_hba (hostssl only): through the router and by a member, for
+    // the application and for replication.
+    for (what, conninfo) in [
+        (
+            "app through the router",
+            conninfo(&router.key, *rw_port, "appdb", "app", "disable"),
+        ),
+        (
+            "app directly to a member",
+            conninfo(&member, pg_port, "appdb", "app", "disable"),
+        ),
+        (
+            "the replication user directly to a member",
+            format!(
+                "{} replication=true",
+                conninfo(&member, pg_port, "postgres", "replicator", "disable")
+            ),
+        ),
+    ] {
+        let r = run(conninfo, "SELECT 1")?;
+        info!(what, output = %r.output.trim(), "plaintext");
+        ensure!(
+            !r.ok && r.output.contains("no encryption"),
+            "a plaintext connection of {what} was not refused by pg_hba: {}",
+            r.output.trim()
+        );
+    }
+    // The same from the test host through the published port, with tokio-postgres.
+    let mut plain = cluster.rw.clone().with_tls(None);
+    plain.dbname = "postgres".into();
+    match plain.connect_once(Duration::from_secs(10)).await {
+        Ok(_) => bail!("a plaintext connection through the router's published port was admitted"),
+        Err(e) => ensure!(
+            format!("{e:#}").contains("no encryption"),
+            "the plaintext connection failed, but not for want of TLS: {e:#}"
+        ),
+    }
+    // `swarmctl psql` (psql inside a member, through the router by its `tasks.` name) runs
+    // with sslmode=verify-full against the cluster CA.
+    let out = Command::new(swarmctl_path())
+        .args(["psql", "-f"])
+        .arg(dep.spec_path())
+        .args(["--", "-A", "-t", "-c", ssl_sql])
+        .output()
+        .with_context(|| format!("cannot run {}", swarmctl_path().display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && text.lines().any(|l| l.trim() == "t"),
+        "swarmctl psql over TLS ({}): {text}",
+        out.status
+    );
+    // `swarmctl status` asks each member for its connections over loopback TCP (the sidecar's
+    // ctl, TLS checked against the CA): every PostgreSQL member answers.
+    let out = Command::new(swarmctl_path())
+        .args(["status", "--output", "json", "-f"])
+        .arg(dep.spec_path())
+        .output()
+        .with_context(|| format!("cannot run {}", swarmctl_path().display()))?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "swarmctl status --output json printed no JSON ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let postgres: Vec<&serde_json::Value> = status["members"]
+        .as_array()
+        .map(|m| m.iter().filter(|m| m["kind"] == "postgres").collect())
+        .unwrap_or_default();
+    ensure!(
+        postgres.len() == cluster.members.len()
+            && postgres.iter().all(|m| m["connections"].is_u64()),
+        "swarmctl status did not read every member's connections over TLS: {status}"
+    );
+    // A switchover (swarmctl's write check goes through the pooler's `tasks.` name over TLS):
+    // the former leader follows the new one as a replica, and every replica streams over
+    // TLS (Patroni's replication login: verify-ca with the cluster CA).
+    let leader = cluster.leader().await?;
+    let to = cluster
+        .members
+        .iter()
+        .find(|m| **m != leader)
+        .context("the cluster has one member: nothing to switch over to")?
+        .clone();
+    let out = Command::new(swarmctl_path())
+        .args(["switchover", "-f"])
+        .arg(dep.spec_path())
+        .args(["--to", &to])
+        .output()
+        .with_context(|| format!("cannot run {}", swarmctl_path().display()))?;
+    ensure!(
+        out.status.success(),
+        "swarmctl switchover --to {to} with TLS required ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = cluster.members.len() as i64 - 1;
+    let replicas_sql = "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s \
+                        USING (pid) WHERE s.ssl AND r.state = 'streaming'";
+    crate::pg::wait_until(
+        &format!("{expected} replicas streaming over TLS from {to}"),
+        Duration::from_secs(120),
+        || async {
+            let su = cluster.rw.connect(Duration::from_secs(10)).await?;
+            let leading: bool = su
+                .query_one("SELECT NOT pg_is_in_recovery()", &[])
+                .await?
+                .get(0);
+            let n: i64 = su.query_one(replicas_sql, &[]).await?.get(0);
+            Ok::<_, anyhow::Error>(crate::pg::Check::from(leading && n == expected))
+        },
+    )
+    .await?;
+    ensure!(
+        cluster.leader().await? == to,
+        "{to} does not lead after the switchover"
+    );
+    let encrypted_replicas: i64 = cluster
+        .rw
+        .connect(Duration::from_secs(10))
+        .await?
+        .query_one(replicas_sql, &[])
+        .await?
+        .get(0);
+    // postgres_exporter reaches its member over loopback with TLS checked against the CA.
+    let exporters = crate::metrics::postgres_exporters_up(dep).await?;
+    Ok(TlsReport {
+        encrypted_replicas,
+        exporters,
     })
 }

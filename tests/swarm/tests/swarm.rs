@@ -63,7 +63,9 @@ async fn patroni_stack_routes_writes_to_the_leader() -> anyhow::Result<()> {
 /// Scenario 2b: roles and databases declared in the spec. `swarmctl apply-roles` creates
 /// them on the leader; the application role logs in through PgBouncer (auth_query) and the
 /// router, creates a table in its database and is refused by one it was not granted; a
-/// changed connection limit is applied without restarting any member.
+/// changed connection limit is applied without restarting any member. The cluster requires
+/// TLS: the same over `sslmode=verify-full` by service name from inside the stack's network,
+/// plaintext refused through the router and by a member, replicas streaming over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_roles_log_in_through_the_pooler_and_change_without_a_restart(
 ) -> anyhow::Result<()> {
@@ -71,15 +73,22 @@ async fn declared_roles_log_in_through_the_pooler_and_change_without_a_restart(
     let image = ensure_image()?;
     let name = deployment::unique_name("e2eroles");
     let spec = format!(
-        "{}{}",
+        "{}{}{}",
         specs::patroni(&name, &image, false)?,
-        pgswarm_swarm_tests::roles::roles_section(5)
+        pgswarm_swarm_tests::roles::roles_section(5),
+        pgswarm_swarm_tests::roles::TLS_SECTION
     );
     let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
     let report = pgswarm_swarm_tests::roles::application_roles(&cluster).await?;
     eprintln!(
         "roles: first apply {:?}; after the change {:?}",
         report.first_apply, report.second_apply
+    );
+    let tls = pgswarm_swarm_tests::roles::tls_checks(&cluster).await?;
+    eprintln!(
+        "tls: verify-full through the pooler and the router, plaintext refused, {} replica(s) \
+         streaming over TLS, {} exporter(s) up",
+        tls.encrypted_replicas, tls.exporters
     );
     Ok(())
 }

@@ -53,6 +53,7 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
     };
     check_sections(ctx, raw, topology, &root);
     let backup = check_backup(ctx, raw, topology, &root);
+    let tls = check_tls(ctx, raw, topology, &root);
 
     let uses_patroni = topology != Topology::Replication;
     let timing = if uses_patroni {
@@ -280,6 +281,15 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
         }
     }
     add_metrics(ctx, raw.monitoring.as_ref(), &mut services, &root);
+    if let Some(tls) = &tls {
+        // The PostgreSQL servers and the pooler; the router passes TLS through untouched.
+        for service in services
+            .iter_mut()
+            .filter(|s| matches!(s.kind, ServiceKind::Data { .. } | ServiceKind::Pooler))
+        {
+            service.env.common.tls = Some(tls.mode);
+        }
+    }
 
     Some(Cluster {
         name: raw.name.clone(),
@@ -291,6 +301,7 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
         zone_label: shared.zone.clone(),
         objects,
         role_secrets,
+        tls,
     })
 }
 

@@ -14,6 +14,7 @@ mod objects;
 mod placing;
 mod plan;
 mod rules;
+mod tls;
 
 use assemble::*;
 use backup::*;
@@ -21,6 +22,7 @@ use objects::*;
 use placing::*;
 use plan::*;
 use rules::*;
+use tls::*;
 
 pub(crate) use rules::check_image;
 

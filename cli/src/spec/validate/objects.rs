@@ -19,7 +19,7 @@ fn ensure_of(e: Option<RawEnsure>) -> Ensure {
 }
 
 /// A Docker secret name: letters, digits, `-`, `_`, `.`, starting with a letter or digit.
-fn is_secret_name(name: &str) -> bool {
+pub(super) fn is_secret_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_SECRET_NAME
         && name
