@@ -148,13 +148,11 @@ run_tests "tests that need Docker, root or a swarm" \
   cargo test --no-fail-fast -p swarmctl --test docker_stack_config --test swarm_ops \
   --test no_swarm -- --ignored
 run_tests "real-swarm end-to-end suite" tests/swarm/run.sh
-# Uses the image built above; takes the bed down also on failure. Node power-off, partition,
-# drain and the loss of the pooler's node (with a router) run. The freeze scenario is left out
-# while it fails: in the last full run the thawed former leader, restarted by Swarm as a
-# replica, stayed in recovery for good on WAL its new leader never had (it needed pg_rewind;
-# issue 10). Run it with PGSWARM_MULTINODE_SCENARIOS=freeze tests/swarm/run-multinode.sh.
-export PGSWARM_MULTINODE_SCENARIOS="${PGSWARM_MULTINODE_SCENARIOS:-node-loss,partition,drain,router-node-loss}"
-echo "multi-node scenarios run: $PGSWARM_MULTINODE_SCENARIOS (freeze is known to fail and left out)"
+# Uses the image built above; takes the bed down also on failure. All five scenarios run:
+# node power-off, partition, freeze, drain and the loss of the pooler's node (with a router).
+# PGSWARM_MULTINODE_SCENARIOS=name,name picks some of them.
+export PGSWARM_MULTINODE_SCENARIOS="${PGSWARM_MULTINODE_SCENARIOS:-node-loss,partition,freeze,drain,router-node-loss}"
+echo "multi-node scenarios run: $PGSWARM_MULTINODE_SCENARIOS"
 run_tests "multi-node end-to-end suite (a 3-node swarm on this machine, scripts/testbed.sh)" \
   tests/swarm/run-multinode.sh
 

@@ -322,6 +322,17 @@ impl CtlError {
     }
 }
 
+/// A reply is one JSON line; read through `docker service logs` (a one-off task) it has been
+/// seen twice in one output, so when the whole text is not one value its last line is read.
+fn parse_reply<T: DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(text).or_else(|whole| {
+        match text.lines().rev().find(|l| !l.trim().is_empty()) {
+            Some(last) if last.trim() != text => serde_json::from_str(last.trim()),
+            _ => Err(whole),
+        }
+    })
+}
+
 /// Reads what a request printed: its reply when it exited 0, its error envelope otherwise
 /// (or, from a sidecar too old to print one, an error of kind `refused` with what it said).
 pub fn read_reply<T: DeserializeOwned>(
@@ -331,14 +342,14 @@ pub fn read_reply<T: DeserializeOwned>(
 ) -> Result<T, CtlError> {
     let line = stdout.trim();
     if exit_code == 0 {
-        return serde_json::from_str(line).map_err(|e| {
+        return parse_reply(line).map_err(|e| {
             CtlError::new(
                 ErrorKind::Refused,
                 format!("the reply is not what this version expects ({e}): {line}"),
             )
         });
     }
-    match serde_json::from_str::<CtlError>(line) {
+    match parse_reply::<CtlError>(line) {
         Ok(err) => Err(err),
         Err(_) => {
             let said = if stderr.trim().is_empty() {
@@ -455,7 +466,10 @@ mod tests {
             rows: vec![vec![Some("1".into()), None]],
         };
         let text = serde_json::to_string(&reply).unwrap();
-        assert_eq!(read_reply::<QueryReply>(0, &text, ""), Ok(reply));
+        assert_eq!(read_reply::<QueryReply>(0, &text, ""), Ok(reply.clone()));
+        // Read twice from a one-off task's logs: still the one reply.
+        let twice = format!("{text}\n{text}\n");
+        assert_eq!(read_reply::<QueryReply>(0, &twice, ""), Ok(reply));
         let err = CtlError {
             kind: ErrorKind::Statement,
             message: "boom".into(),

@@ -143,8 +143,16 @@ pub fn patroni_yml(service: &Service) -> String {
 
 /// Parses `patronictl list -f json` (Patroni 3 and 4).
 pub fn parse_patronictl(json: &str) -> anyhow::Result<BTreeMap<String, DbView>> {
-    let rows: Vec<Value> = serde_json::from_str(json.trim())
-        .with_context(|| format!("patronictl list -f json printed no JSON list: {json}"))?;
+    // The listing once arrived twice in one exec's output on the multi-node bed (the same
+    // list, a newline between): every list in the output is read and the last one is used.
+    let mut rows: Option<Vec<Value>> = None;
+    for list in serde_json::Deserializer::from_str(json.trim()).into_iter::<Vec<Value>>() {
+        rows =
+            Some(list.with_context(|| {
+                format!("patronictl list -f json printed no JSON list: {json}")
+            })?);
+    }
+    let rows = rows.ok_or_else(|| anyhow!("patronictl list -f json printed nothing: {json:?}"))?;
     let mut out = BTreeMap::new();
     for row in rows {
         let member = row
@@ -372,6 +380,13 @@ mod tests {
         assert_eq!(rows["pg2"].lag_mb, Some(0.0));
         assert_eq!(rows["pg3"].lag_mb, None);
         assert!(parse_patronictl("not json").is_err());
+        assert!(parse_patronictl("").is_err());
+        // The same listing twice in one output: read once.
+        let twice = format!("{json}\n{json}\n");
+        assert_eq!(
+            parse_patronictl(&twice).expect("parses twice").len(),
+            rows.len()
+        );
     }
 
     #[test]
