@@ -289,8 +289,8 @@ async fn source_secrets(
     Ok(out)
 }
 
-/// The stack of the new cluster with its data members on the source's network and its
-/// backup secrets mounted under `restore_*` names.
+/// The stack of the new cluster with its data members mounting the source's backup secrets
+/// under `restore_*` names.
 pub fn source_attached_stack(
     cluster: &Cluster,
     from_cluster: &str,
@@ -298,18 +298,9 @@ pub fn source_attached_stack(
 ) -> anyhow::Result<String> {
     let mut value = serde_yaml::to_value(crate::render::render_stack(cluster))
         .context("cannot serialize the stack file")?;
-    let source_net = "restore-source";
-    let network = service_name(from_cluster, crate::render::NETWORK);
     let root = value
         .as_mapping_mut()
         .ok_or_else(|| anyhow!("the stack is not a mapping"))?;
-    let mut net = serde_yaml::Mapping::new();
-    net.insert("external".into(), Value::Bool(true));
-    net.insert("name".into(), Value::String(network));
-    root.get_mut("networks")
-        .and_then(Value::as_mapping_mut)
-        .ok_or_else(|| anyhow!("the stack has no networks"))?
-        .insert(source_net.into(), Value::Mapping(net));
     if root.get("secrets").is_none() {
         root.insert("secrets".into(), Value::Mapping(Default::default()));
     }
@@ -334,9 +325,6 @@ pub fn source_attached_stack(
             .get_mut(s.name.as_str())
             .and_then(Value::as_mapping_mut)
             .ok_or_else(|| anyhow!("service {} missing from the stack", s.name))?;
-        if let Some(nets) = svc.get_mut("networks").and_then(Value::as_sequence_mut) {
-            nets.push(source_net.into());
-        }
         if svc.get("secrets").is_none() {
             svc.insert("secrets".into(), Value::Sequence(Vec::new()));
         }
@@ -355,6 +343,101 @@ pub fn source_attached_stack(
         cluster.name,
         crate::render::emit::to_yaml(&value)
     ))
+}
+
+/// Attaches the Swarm service `service` to the network `network_id` (or detaches it), and
+/// waits until a task of it runs with that change. The source's repository joins the new
+/// cluster's network under its full service name only: the new members reach it as
+/// `<source>_backup`, while the short names (`backup`, `etcd1`, `pg1`) keep meaning the new
+/// cluster's own services — sharing the source's network instead would let those names
+/// resolve to the source's services.
+async fn set_network(
+    engine: &Engine,
+    service: &str,
+    network_id: &str,
+    attached: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let current = engine
+        .docker
+        .inspect_service(service, None::<InspectServiceOptions>)
+        .await
+        .with_context(|| format!("cannot inspect {service}"))?;
+    let mut spec = current
+        .spec
+        .ok_or_else(|| anyhow!("the service {service} has no spec"))?;
+    let version = current
+        .version
+        .and_then(|v| v.index)
+        .ok_or_else(|| anyhow!("the service {service} has no version"))?;
+    let task = spec
+        .task_template
+        .as_mut()
+        .ok_or_else(|| anyhow!("the service {service} has no task template"))?;
+    let mut networks = task.networks.take().unwrap_or_default();
+    let has =
+        |n: &bollard::models::NetworkAttachmentConfig| n.target.as_deref() == Some(network_id);
+    if networks.iter().any(has) == attached {
+        task.networks = Some(networks);
+        return Ok(());
+    }
+    if attached {
+        networks.push(bollard::models::NetworkAttachmentConfig {
+            target: Some(network_id.to_string()),
+            ..Default::default()
+        });
+    } else {
+        networks.retain(|n| !has(n));
+    }
+    task.networks = Some(networks);
+    task.force_update = Some(task.force_update.unwrap_or(0) + 1);
+    engine
+        .docker
+        .update_service(
+            service,
+            spec,
+            bollard::query_parameters::UpdateServiceOptions {
+                version: version as i32,
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .with_context(|| format!("cannot update the networks of {service}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let tasks = engine
+            .docker
+            .list_tasks(Some(bollard::query_parameters::ListTasksOptions {
+                filters: Some(std::collections::HashMap::from([(
+                    "service".to_string(),
+                    vec![service.to_string()],
+                )])),
+            }))
+            .await
+            .with_context(|| format!("cannot list the tasks of {service}"))?;
+        let done = tasks.iter().any(|t| {
+            let running = t.status.as_ref().and_then(|s| s.state)
+                == Some(bollard::models::TaskState::RUNNING);
+            let on = t
+                .spec
+                .as_ref()
+                .and_then(|s| s.networks.as_ref())
+                .is_some_and(|n| n.iter().any(has));
+            running && on == attached
+        });
+        if done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{service} did not run again {} the network within {} s",
+                if attached { "on" } else { "without" },
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn into_new_cluster(
@@ -390,20 +473,6 @@ async fn into_new_cluster(
         cluster.name,
         describe(target)
     ));
-    let network = service_name(from, crate::render::NETWORK);
-    if let Err(e) = engine
-        .docker
-        .inspect_network(
-            &network,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await
-    {
-        if is_status(&e, 404) {
-            bail!("the network {network} of cluster {from} does not exist: is {from} deployed?");
-        }
-        return Err(e).with_context(|| format!("cannot inspect the network {network}"));
-    }
     let mounts = source_secrets(engine, from).await?;
     deploy::preflight(engine, cluster).await?;
     let created = secrets::create_missing(engine, cluster).await?;
@@ -413,19 +482,64 @@ async fn into_new_cluster(
             created.join(", ")
         ));
     }
-    let restoring = restoring(cluster, target, Some(from), 1);
-    let yaml = source_attached_stack(&restoring, from, &mounts)?;
+    // First without members: the stack's network, for the source's repository to join.
+    let yaml = source_attached_stack(&restoring(cluster, target, Some(from), 0), from, &mounts)?;
     progress.say(&format!(
-        "docker stack deploy {} (its members join {network} and read {from}'s repository; \
-         they archive into {}'s own)",
-        cluster.name, cluster.name
+        "docker stack deploy {} (members not started yet)",
+        cluster.name
     ));
     deploy::stack_deploy_yaml(&cluster.name, &yaml).await?;
-    progress.say("waiting for the leader to restore and promote, then for the replicas");
-    deploy::wait_ready(engine, cluster, options.timeout, progress).await?;
+    let network = service_name(&cluster.name, crate::render::NETWORK);
+    let network_id = engine
+        .docker
+        .inspect_network(
+            &network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .with_context(|| format!("cannot inspect the network {network}"))?
+        .id
+        .ok_or_else(|| anyhow!("the network {network} has no id"))?;
     progress.say(&format!(
-        "cluster {} restored from {from} ({}); it stays attached to {network} until the next \
-         `swarmctl deploy -f SPEC`",
+        "attaching {source_repo} to {network} (a restart of {from}'s repository; its archiving \
+         waits meanwhile)"
+    ));
+    set_network(
+        engine,
+        &source_repo,
+        &network_id,
+        true,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let result = async {
+        let yaml =
+            source_attached_stack(&restoring(cluster, target, Some(from), 1), from, &mounts)?;
+        progress.say(&format!(
+            "starting the members of {}: the first to bootstrap restores from {source_repo}, \
+             the others clone it; they archive into {}'s own repository",
+            cluster.name, cluster.name
+        ));
+        deploy::stack_deploy_yaml(&cluster.name, &yaml).await?;
+        progress.say("waiting for the leader to restore and promote, then for the replicas");
+        deploy::wait_ready(engine, cluster, options.timeout, progress).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    progress.say(&format!("detaching {source_repo} from {network}"));
+    let detached = set_network(
+        engine,
+        &source_repo,
+        &network_id,
+        false,
+        Duration::from_secs(120),
+    )
+    .await;
+    result?;
+    detached?;
+    progress.say(&format!(
+        "cluster {} restored from {from} ({}); its members mount {from}'s backup secrets until \
+         the next `swarmctl deploy -f SPEC`",
         cluster.name,
         describe(target)
     ));
@@ -539,7 +653,7 @@ async fn wait_stopped(engine: &Engine, service: &str, timeout: Duration) -> anyh
                         | bollard::models::TaskState::PENDING
                         | bollard::models::TaskState::READY
                 )
-            ) && t.desired_state != Some(bollard::models::TaskState::SHUTDOWN)
+            )
         });
         let containers = engine.service_containers(service, false).await?;
         if !running && containers.is_empty() {
@@ -814,17 +928,11 @@ mod tests {
         )];
         let yaml = source_attached_stack(&restoring, "old", &mounts).unwrap();
         let v: Value = serde_yaml::from_str(&yaml).unwrap();
-        assert_eq!(v["networks"]["restore-source"]["name"], "old_net");
-        assert_eq!(v["networks"]["restore-source"]["external"], true);
         assert_eq!(v["secrets"]["old_backup_tls_ca"]["external"], true);
         let pg1 = &v["services"]["pg1"];
         assert_eq!(pg1["environment"]["PGSWARM_RESTORE_TARGET"], "latest");
         assert_eq!(pg1["environment"]["PGSWARM_RESTORE_FROM"], "old");
-        assert!(pg1["networks"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .any(|n| n == "restore-source"));
+        assert_eq!(pg1["networks"].as_sequence().unwrap().len(), 1);
         assert!(pg1["secrets"]
             .as_sequence()
             .unwrap()
