@@ -696,16 +696,15 @@ async fn in_place(
     deploy::preflight(engine, cluster).await?;
     let members: Vec<String> = cluster.data_members().map(|s| s.name.clone()).collect();
     progress.say(&format!("stopping the members {}", members.join(", ")));
+    let mut scaled = Vec::new();
     for m in &members {
-        scale(engine, &service_name(&cluster.name, m), 0).await?;
+        let service = service_name(&cluster.name, m);
+        if scale(engine, &service, 0).await? {
+            scaled.push(service);
+        }
     }
-    for m in &members {
-        wait_stopped(
-            engine,
-            &service_name(&cluster.name, m),
-            Duration::from_secs(120),
-        )
-        .await?;
+    for service in &scaled {
+        wait_stopped(engine, service, Duration::from_secs(120)).await?;
     }
     // The whole stack as it should be, members still at 0: etcd and the repository come back
     // when a disaster removed them, and the members' services exist for the wipe.
