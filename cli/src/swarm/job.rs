@@ -400,5 +400,20 @@ mod tests {
             task.restart_policy.unwrap().condition,
             Some(TaskSpecRestartPolicyConditionEnum::NONE)
         );
+        // A volume job keeps the volume and the member's placement (the node holding it).
+        let mut pinned = template.clone();
+        if let Some(t) = pinned.task_template.as_mut() {
+            t.placement = Some(bollard::models::TaskSpecPlacement {
+                constraints: Some(vec!["node.labels.pgswarm.demo.pg1 == true".into()]),
+                ..Default::default()
+            });
+        }
+        let wipe = volume_job_spec(&pinned, "demo_pg1-ctl-2", &["sh", "-c", "true"]).unwrap();
+        let task = wipe.task_template.unwrap();
+        assert_eq!(task.container_spec.unwrap().mounts.unwrap().len(), 1);
+        assert_eq!(
+            task.placement.unwrap().constraints.unwrap(),
+            ["node.labels.pgswarm.demo.pg1 == true"]
+        );
     }
 }
