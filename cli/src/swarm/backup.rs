@@ -70,7 +70,7 @@ pub async fn pgbackrest_in(
     stanza: &str,
     args: &[&str],
 ) -> anyhow::Result<String> {
-    let container = engine.running_container(&service).await?.ok_or_else(|| {
+    let container = engine.running_container(service).await?.ok_or_else(|| {
         anyhow!(
             "no running container of {service} on this node: run swarmctl on the node the \
              repository runs on (`docker service ps {service}` shows it), where its volume is"

@@ -77,7 +77,7 @@ pub async fn stack_deploy_yaml(name: &str, yaml: &str) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("swarmctl-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file: PathBuf = dir.join("stack.yml");
-    std::fs::write(&file, &yaml).with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::write(&file, yaml).with_context(|| format!("cannot write {}", file.display()))?;
     let output = tokio::process::Command::new("docker")
         .args(["stack", "deploy", "--resolve-image", "never", "-c"])
         .arg(&file)

@@ -729,10 +729,10 @@ async fn in_place(
                 describe(target)
             )),
             Err(e) => {
-                return Err(e.context(format!(
+                return Err(e.context(
                     "nothing was wiped; the members are stopped (`swarmctl deploy -f SPEC` \
-                     starts them again)"
-                )))
+                     starts them again)",
+                ))
             }
         }
     }
