@@ -150,8 +150,9 @@ async fn switch_and_wait_archived(service: &str) -> Result<String> {
     }
 }
 
-/// The first full backup, once the stanza exists and WAL reaches the repository.
-async fn first_backup(dep: &Deployment) -> Result<String> {
+/// The first full backup, once the stanza exists and WAL reaches the repository: its label and
+/// what pgBackRest printed.
+async fn first_backup(dep: &Deployment) -> Result<(String, String)> {
     let started = Instant::now();
     let stanza = format!("--stanza={}", dep.name);
     let mut last = String::new();
@@ -166,7 +167,7 @@ async fn first_backup(dep: &Deployment) -> Result<String> {
         )
         .await
         {
-            Ok(_) => {
+            Ok(printed) => {
                 let info = exec(
                     dep,
                     "backup",
@@ -175,12 +176,13 @@ async fn first_backup(dep: &Deployment) -> Result<String> {
                 .await?;
                 let value: serde_json::Value = serde_json::from_str(&info)
                     .with_context(|| format!("pgbackrest info: {info}"))?;
-                return Ok(value[0]["backup"]
+                let label = value[0]["backup"]
                     .as_array()
                     .and_then(|b| b.last())
                     .and_then(|b| b["label"].as_str())
                     .unwrap_or_default()
-                    .to_string());
+                    .to_string();
+                return Ok((label, printed));
             }
             Err(e) => last = format!("{e:#}"),
         }
@@ -212,14 +214,19 @@ impl Drop for RestoredCluster {
     }
 }
 
-/// Point in time into a new cluster: rows 1..200, T, rows 201..300, DROP TABLE; `swarmctl
-/// restore -f NEW --from-cluster OLD --time T`: the new cluster has table pitr with exactly
-/// rows 1..200.
+/// Point in time into a new cluster: a full backup taken from a standby; rows 1..200, T, rows
+/// 201..300, DROP TABLE; `swarmctl restore -f NEW --from-cluster OLD --time T`: the new
+/// cluster has table pitr with exactly rows 1..200.
 pub async fn pitr_into_new_cluster(cluster: &PatroniCluster, image: &str) -> Result<PitrReport> {
     let dep = &cluster.dep;
     let started = Instant::now();
-    let label = first_backup(dep).await?;
+    let (label, printed) = first_backup(dep).await?;
     let stanza_and_first_backup = started.elapsed();
+    // With replicas, the repository copies a standby's files (backup-standby): the restore
+    // below starts from a backup taken from a replica.
+    if !printed.contains("on the standby") {
+        bail!("the backup was not taken from a standby; pgBackRest printed:\n{printed}");
+    }
     info!(label = %label, seconds = stanza_and_first_backup.as_secs_f64(), "first backup taken");
     let leader = leader_service(&dep.name, &cluster.members).await?;
     service_sql(

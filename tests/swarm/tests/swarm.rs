@@ -104,7 +104,8 @@ async fn a_cluster_is_restored_to_a_point_in_time_into_a_new_cluster_and_in_plac
     let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
     let report = pgswarm_swarm_tests::backup::pitr_into_new_cluster(&cluster, &image).await?;
     eprintln!(
-        "restore, point in time: stanza and first full backup {:.1} s after ready ({}); \
+        "restore, point in time: stanza and first full backup (from a standby) {:.1} s after \
+         ready ({}); \
          swarmctl restore --from-cluster --time '{}' into a new cluster {:.1} s; {} rows, none \
          after the target, the dropped table back",
         report.stanza_and_first_backup.as_secs_f64(),
