@@ -835,6 +835,22 @@ mod tests {
     }
 
     #[test]
+    fn an_in_place_restore_needs_a_confirmation() {
+        let cluster = crate::spec::parse("name: demo\ntopology: patroni\nbackup: {}\n")
+            .expect("valid")
+            .cluster;
+        assert!(confirm(&cluster, true).is_ok());
+        if !std::io::stdin().is_terminal() {
+            let err = confirm(&cluster, false).unwrap_err().to_string();
+            assert!(
+                err.contains("DESTROYS") && err.contains("demo_pg1-data"),
+                "{err}"
+            );
+            assert!(err.ends_with("pass --yes to confirm"), "{err}");
+        }
+    }
+
+    #[test]
     fn times_are_read_with_their_zone() {
         let (text, at) = parse_time("2026-12-03 13:45:00").unwrap();
         assert_eq!(text, "2026-12-03 13:45:00+00");
@@ -916,7 +932,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_cluster_joins_the_source_network_and_mounts_its_backup_secrets() {
+    fn a_new_cluster_mounts_the_source_backup_secrets_and_stays_on_its_own_network() {
         let cluster = crate::spec::parse("name: new\ntopology: patroni\nbackup: {}\n")
             .expect("valid")
             .cluster;
