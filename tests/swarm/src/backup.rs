@@ -376,3 +376,96 @@ pub async fn disaster_in_place(cluster: &PatroniCluster) -> Result<DisasterRepor
         archived_after,
     })
 }
+
+/// What the repository outage showed.
+#[derive(Debug)]
+pub struct OutageReport {
+    /// From stopping the repository until the segment switched during the outage was archived.
+    pub outage: Duration,
+    pub rows_written_meanwhile: i64,
+    pub archive_failures: i64,
+    /// What `swarmctl status` said meanwhile (the line naming the archiver's failure).
+    pub status_line: String,
+    /// From starting the repository again until that segment was archived.
+    pub caught_up_after: Duration,
+}
+
+/// The repository stopped for a while: writes go on, archiving fails (and `swarmctl status`
+/// says so), then catches up once the repository is back.
+pub async fn repository_outage(cluster: &PatroniCluster) -> Result<OutageReport> {
+    let dep = &cluster.dep;
+    let leader = leader_service(&dep.name, &cluster.members).await?;
+    let repo = format!("{}_backup", dep.name);
+    let failures = |text: String| text.trim().parse::<i64>().unwrap_or(0);
+    let failed_before =
+        failures(service_sql(&leader, "select failed_count from pg_stat_archiver").await?);
+    let started = Instant::now();
+    docker_async(&["service", "scale", "-d", &format!("{repo}=0")]).await?;
+    loop {
+        let left = docker_async(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={repo}"),
+        ])
+        .await?;
+        if left.trim().is_empty() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("{repo} still runs 60 s after it was scaled to 0");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    service_sql(
+        &leader,
+        "create table outage (id int primary key); insert into outage select generate_series(1, 100)",
+    )
+    .await?;
+    let segment = service_sql(&leader, "select pg_walfile_name(pg_switch_wal())").await?;
+    let spec = dep.spec_path().to_string_lossy().to_string();
+    let mut status_line = String::new();
+    let mut failed = failed_before;
+    let wait = Instant::now();
+    while failed <= failed_before || status_line.is_empty() {
+        if wait.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "while the repository was stopped: {} archive failures, swarmctl status said \
+                 nothing about it within 120 s",
+                failed - failed_before
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        failed = failures(service_sql(&leader, "select failed_count from pg_stat_archiver").await?);
+        if let Ok(out) = swarmctl(&["status", "-f", &spec]).await {
+            if let Some(line) = out.lines().find(|l| l.contains("ARCHIVING FAILING")) {
+                status_line = line.trim().to_string();
+            }
+        }
+    }
+    // Writes went on meanwhile.
+    let rows = failures(service_sql(&leader, "select count(*) from outage").await?);
+    let back = Instant::now();
+    docker_async(&["service", "scale", "-d", &format!("{repo}=1")]).await?;
+    loop {
+        let archived = service_sql(
+            &leader,
+            "select coalesce(last_archived_wal, '') from pg_stat_archiver",
+        )
+        .await?;
+        if archived >= segment {
+            break;
+        }
+        if back.elapsed() > Duration::from_secs(240) {
+            bail!("{segment} not archived within 240 s of the repository's return ({archived})");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(OutageReport {
+        outage: started.elapsed(),
+        rows_written_meanwhile: rows,
+        archive_failures: failed - failed_before,
+        status_line,
+        caught_up_after: back.elapsed(),
+    })
+}

@@ -88,6 +88,8 @@ async fn declared_roles_log_in_through_the_pooler_and_change_without_a_restart(
 /// - point in time: rows, a target time, more rows, DROP TABLE; `swarmctl restore
 ///   --from-cluster --time` into a new cluster has exactly the rows committed before the
 ///   target and the dropped table;
+/// - the repository stopped for a while: writes go on, `swarmctl status` says archiving
+///   fails, and archiving catches up once it is back;
 /// - disaster: under write load every member is killed, the stack removed and the members'
 ///   volumes deleted; `swarmctl restore --yes` in place brings back every commit acknowledged
 ///   before the last archived segment, reports the window lost, and archives again.
@@ -113,6 +115,16 @@ async fn a_cluster_is_restored_to_a_point_in_time_into_a_new_cluster_and_in_plac
         report.target,
         report.restore.as_secs_f64(),
         report.rows_restored
+    );
+    let report = pgswarm_swarm_tests::backup::repository_outage(&cluster).await?;
+    eprintln!(
+        "repository stopped: {} rows committed meanwhile, {} archive failures, swarmctl status: \
+         {:?}; the segment archived {:.1} s after the repository was back ({:.1} s in all)",
+        report.rows_written_meanwhile,
+        report.archive_failures,
+        report.status_line,
+        report.caught_up_after.as_secs_f64(),
+        report.outage.as_secs_f64()
     );
     let report = pgswarm_swarm_tests::backup::disaster_in_place(&cluster).await?;
     eprintln!(
