@@ -939,8 +939,14 @@ async fn operate(command: Command) -> Result<(), Failure> {
                 (None, None) => pgswarm_contract::backup::RestoreTarget::Latest,
             };
             // The same check the members make on the value they receive.
-            pgswarm_contract::backup::RestoreTarget::parse(&target.to_env_value())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if pgswarm_contract::backup::RestoreTarget::parse(&target.to_env_value()).is_err() {
+                return Err(anyhow::anyhow!(
+                    "--time or --label {:?}: not usable (no quotes, backslashes or line breaks; \
+                     a label has no spaces; `swarmctl backup list` shows the labels)",
+                    target.to_env_value()
+                )
+                .into());
+            }
             let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
             let options = swarm::restore::RestoreOptions {
                 target,

@@ -692,6 +692,25 @@ async fn in_place(
         ));
         checked = true;
     }
+    if !checked {
+        // The stack is gone (a disaster) or was never deployed: only the repository's volume
+        // on this node can tell the two apart, and swarmctl reads the repository here anyway.
+        let volume = repo
+            .volume
+            .as_ref()
+            .map(|v| service_name(&cluster.name, v))
+            .ok_or_else(|| anyhow!("the repository service {repo_service} has no volume"))?;
+        match engine.docker.inspect_volume(&volume).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => bail!(
+                "no running {repo_service} and no volume {volume} on this node: there is no \
+                 repository of {} here to restore from (run swarmctl on the node that holds \
+                 the repository's volume)",
+                cluster.name
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect the volume {volume}")),
+        }
+    }
     confirm(cluster, options.yes)?;
     deploy::preflight(engine, cluster).await?;
     let members: Vec<String> = cluster.data_members().map(|s| s.name.clone()).collect();
