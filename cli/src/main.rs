@@ -283,6 +283,41 @@ Examples:
     /// Backups with pgBackRest (the spec's `backup` section): take one now, list them.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Restore a Patroni cluster from a pgBackRest repository: to the latest archived WAL
+    /// (default), a point in time or the end of a backup; into a new cluster, or in place.
+    #[command(
+        after_help = "Into a new cluster (--from-cluster OLD): the spec is the new cluster's (it \
+                      needs a `backup` section, it archives into its own repository under its own \
+                      stanza); OLD must be deployed, its repository running on this node. In place \
+                      (no --from-cluster): the cluster's members are stopped, their volumes \
+                      emptied, its state in etcd removed, and it is rebuilt from its own \
+                      repository; it asks for the cluster's name unless --yes is given.\n\n\
+                      Examples:\n  \
+                      swarmctl restore -f new.yml --from-cluster demo --time '2026-12-03 18:05:00+00'\n  \
+                      swarmctl restore -f demo.yml --yes\n  \
+                      swarmctl restore -f demo.yml --label 20261203-180000F"
+    )]
+    Restore {
+        /// The spec of the cluster restored (the new one with --from-cluster).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Restore to this moment: every transaction committed before it, none after
+        /// (`YYYY-MM-DD HH:MM:SS[.ffffff][+TZ]`, UTC when no zone is given).
+        #[arg(long, conflicts_with = "label")]
+        time: Option<String>,
+        /// Restore to the end of this backup (`swarmctl backup list` shows the labels).
+        #[arg(long)]
+        label: Option<String>,
+        /// Restore into the spec's new cluster from the repository of this deployed cluster.
+        #[arg(long, value_name = "CLUSTER")]
+        from_cluster: Option<String>,
+        /// Confirm an in-place restore (it destroys the cluster's current data).
+        #[arg(long)]
+        yes: bool,
+        /// Seconds to wait for the restored cluster to be healthy.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  swarmctl completions bash > /etc/bash_completion.d/swarmctl"
@@ -428,7 +463,8 @@ fn run(command: Command) -> Result<(), Failure> {
         | Command::Psql { .. }
         | Command::Logs { .. }
         | Command::Citus(_)
-        | Command::Backup(_) => {
+        | Command::Backup(_)
+        | Command::Restore { .. } => {
             init_logging();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -887,6 +923,38 @@ async fn operate(command: Command) -> Result<(), Failure> {
                     write_stdout(&text)?;
                 }
             }
+        }
+        Command::Restore {
+            file,
+            time,
+            label,
+            from_cluster,
+            yes,
+            timeout,
+        } => {
+            let cluster = load_cluster(&file)?;
+            let target = match (time, label) {
+                (Some(t), _) => pgswarm_contract::backup::RestoreTarget::Time(t),
+                (None, Some(l)) => pgswarm_contract::backup::RestoreTarget::Label(l),
+                (None, None) => pgswarm_contract::backup::RestoreTarget::Latest,
+            };
+            // The same check the members make on the value they receive.
+            if pgswarm_contract::backup::RestoreTarget::parse(&target.to_env_value()).is_err() {
+                return Err(anyhow::anyhow!(
+                    "--time or --label {:?}: not usable (no quotes, backslashes or line breaks; \
+                     a label has no spaces; `swarmctl backup list` shows the labels)",
+                    target.to_env_value()
+                )
+                .into());
+            }
+            let engine = Engine::connect().await.map_err(anyhow::Error::from)?;
+            let options = swarm::restore::RestoreOptions {
+                target,
+                from_cluster,
+                yes,
+                timeout: Duration::from_secs(timeout),
+            };
+            swarm::restore::restore(&engine, &cluster, &options, &mut progress).await?;
         }
         Command::Citus(CitusCommand::AddGroup {
             file,

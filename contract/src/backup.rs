@@ -22,6 +22,73 @@ pub mod env {
     pub const RETENTION_DIFF: &str = "PGSWARM_BACKUP_RETENTION_DIFF";
     /// `true` when the repository is encrypted (the passphrase is a secret file).
     pub const ENCRYPT: &str = "PGSWARM_BACKUP_ENCRYPT";
+    /// Set by `swarmctl restore`: a member that bootstraps the cluster restores it from a
+    /// repository instead of running initdb. `latest`, `time=<timestamp>` or `label=<label>`.
+    pub const RESTORE_TARGET: &str = "PGSWARM_RESTORE_TARGET";
+    /// With [`RESTORE_TARGET`]: the cluster whose repository is restored from, when it is not
+    /// this cluster's own (restore into a new cluster). Its repository service is reached on
+    /// its network, with its certificate and passphrase mounted as [`restore_secret`] files.
+    pub const RESTORE_FROM: &str = "PGSWARM_RESTORE_FROM";
+}
+
+/// The file name (under /run/secrets) a restoring member finds the source cluster's backup
+/// secret under, for a restore from another cluster's repository: `restore_<name>`.
+pub fn restore_secret(secret: crate::Secret) -> String {
+    format!("restore_{}", secret.file_name())
+}
+
+/// What a restore recovers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// Every archived WAL segment: the end of the archive.
+    Latest,
+    /// A moment (PostgreSQL's timestamp syntax, `YYYY-MM-DD HH:MM:SS[.ffffff][+TZ]`): every
+    /// transaction committed before it, none after.
+    Time(String),
+    /// The end of one backup (the consistent point of that backup, no WAL replayed past it).
+    Label(String),
+}
+
+impl RestoreTarget {
+    /// The value of [`env::RESTORE_TARGET`].
+    pub fn to_env_value(&self) -> String {
+        match self {
+            RestoreTarget::Latest => "latest".into(),
+            RestoreTarget::Time(t) => format!("time={t}"),
+            RestoreTarget::Label(l) => format!("label={l}"),
+        }
+    }
+
+    /// Reads the value of [`env::RESTORE_TARGET`].
+    pub fn parse(value: &str) -> Result<Self, ContractError> {
+        let bad = || ContractError::Invalid {
+            var: env::RESTORE_TARGET,
+            value: value.into(),
+            expected: "latest, time=YYYY-MM-DD HH:MM:SS[+TZ] or label=BACKUP_LABEL".into(),
+        };
+        if value == "latest" {
+            return Ok(RestoreTarget::Latest);
+        }
+        let (kind, rest) = value.split_once('=').ok_or_else(bad)?;
+        let rest = rest.trim();
+        // Quotes would break the bootstrap command line and the recovery settings.
+        if rest.is_empty() || rest.contains(['\'', '"', '\n', '\\']) {
+            return Err(bad());
+        }
+        match kind {
+            "time" => Ok(RestoreTarget::Time(rest.into())),
+            "label" if !rest.contains(char::is_whitespace) => Ok(RestoreTarget::Label(rest.into())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// A restore a bootstrapping member runs (see [`env::RESTORE_TARGET`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    pub target: RestoreTarget,
+    /// The source cluster, when not this one.
+    pub from_cluster: Option<String>,
 }
 
 /// Defaults of the backup settings.
@@ -67,6 +134,8 @@ pub struct BackupSettings {
     pub retention_full: u32,
     pub retention_diff: Option<u32>,
     pub encrypt: bool,
+    /// Set by `swarmctl restore`: what a bootstrapping member restores.
+    pub restore: Option<Restore>,
 }
 
 impl BackupSettings {
@@ -81,6 +150,7 @@ impl BackupSettings {
             retention_full: defaults::RETENTION_FULL,
             retention_diff: None,
             encrypt: true,
+            restore: None,
         }
     }
 
@@ -107,6 +177,12 @@ impl BackupSettings {
         }
         if !self.encrypt {
             out.push((env::ENCRYPT, "false".into()));
+        }
+        if let Some(r) = &self.restore {
+            out.push((env::RESTORE_TARGET, r.target.to_env_value()));
+            if let Some(from) = &r.from_cluster {
+                out.push((env::RESTORE_FROM, from.clone()));
+            }
         }
         out
     }
@@ -165,6 +241,13 @@ impl BackupSettings {
                     })
                 }
             },
+            restore: match lookup(env::RESTORE_TARGET) {
+                None => None,
+                Some(v) => Some(Restore {
+                    target: RestoreTarget::parse(&v)?,
+                    from_cluster: lookup(env::RESTORE_FROM),
+                }),
+            },
         }))
     }
 }
@@ -193,8 +276,26 @@ mod tests {
             retention_full: 4,
             retention_diff: Some(6),
             encrypt: false,
+            restore: Some(Restore {
+                target: RestoreTarget::Time("2026-12-03 18:00:00+00".into()),
+                from_cluster: Some("old".into()),
+            }),
         };
-        for s in [plain, custom] {
+        let latest = BackupSettings {
+            restore: Some(Restore {
+                target: RestoreTarget::Latest,
+                from_cluster: None,
+            }),
+            ..BackupSettings::new("backup")
+        };
+        let label = BackupSettings {
+            restore: Some(Restore {
+                target: RestoreTarget::Label("20261203-141000F".into()),
+                from_cluster: None,
+            }),
+            ..BackupSettings::new("backup")
+        };
+        for s in [plain, custom, latest, label] {
             let back = BackupSettings::from_lookup(&lookup(s.to_env())).unwrap();
             assert_eq!(back, Some(s));
         }
@@ -208,6 +309,10 @@ mod tests {
             (env::RETENTION_FULL, "two"),
             (env::ENCRYPT, "yes"),
             (env::REPO_PORT, "70000"),
+            (env::RESTORE_TARGET, "yesterday"),
+            (env::RESTORE_TARGET, "time=2026-12-03 18:00:00' ; drop"),
+            (env::RESTORE_TARGET, "label=a b"),
+            (env::RESTORE_TARGET, "time="),
         ] {
             let vars = vec![(env::REPO_HOST, "backup".to_string()), (var, value.into())];
             let err = BackupSettings::from_lookup(&lookup(vars))

@@ -285,6 +285,174 @@ fn make_dirs(common: &Common, repo: Option<&BackupSettings>) -> anyhow::Result<(
     Ok(())
 }
 
+/// Where a restore from another cluster's repository finds its pgbackrest.conf.
+pub fn restore_conf_path(common: &Common) -> PathBuf {
+    dir(common).join("restore.conf")
+}
+
+/// The repository a restore reads and the stanza in it: this cluster's own, or the source
+/// cluster's (its repository service on its network, `restore.conf`).
+pub fn restore_source(common: &Common, restore: &backup::Restore) -> (PathBuf, String) {
+    match &restore.from_cluster {
+        None => (
+            conf_path(common),
+            backup::stanza(&common.cluster).to_string(),
+        ),
+        Some(from) => (restore_conf_path(common), backup::stanza(from).to_string()),
+    }
+}
+
+/// The host name of a cluster's repository service, seen from another stack on its network:
+/// the full Swarm service name.
+pub fn source_repo_host(from_cluster: &str) -> String {
+    format!("{from_cluster}_{}", backup::defaults::REPO_SERVICE)
+}
+
+/// Patroni's custom bootstrap that restores the cluster from a repository instead of
+/// running initdb: pgBackRest restores the backup the target needs into the (empty) data
+/// directory, then PostgreSQL recovers with the recovery settings Patroni writes (WAL from
+/// the same repository) and promotes at the target. Patroni waits for the promotion before
+/// it calls the cluster bootstrapped; the other members then clone the new leader as usual.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreBootstrap {
+    pub command: String,
+    /// pgBackRest's own recovery settings are replaced by `recovery_conf` (Patroni writes
+    /// them where it manages them, so no copy of the target lingers in postgresql.auto.conf
+    /// for the replicas cloned later).
+    pub keep_existing_recovery_conf: bool,
+    /// The command takes no `--scope`/`--datadir` from Patroni: it knows both.
+    pub no_params: bool,
+    pub recovery_conf: BTreeMap<String, String>,
+}
+
+/// Patroni's name of the bootstrap method.
+pub const RESTORE_METHOD: &str = "pgbackrest";
+
+/// The custom bootstrap for `restore` on this member.
+pub fn restore_bootstrap(common: &Common, restore: &backup::Restore) -> RestoreBootstrap {
+    let (conf, stanza) = restore_source(common, restore);
+    let base = format!("pgbackrest --config={} --stanza={stanza}", conf.display());
+    let mut recovery = BTreeMap::from([(
+        "restore_command".to_string(),
+        format!("{base} archive-get %f \"%p\""),
+    )]);
+    // pgBackRest picks the backup from the target (the newest that ends before a time).
+    let selection = match &restore.target {
+        backup::RestoreTarget::Latest => String::new(),
+        backup::RestoreTarget::Time(t) => {
+            recovery.insert("recovery_target_time".into(), t.clone());
+            recovery.insert("recovery_target_action".into(), "promote".into());
+            recovery.insert("recovery_target_timeline".into(), "latest".into());
+            format!(" --type=time '--target={t}'")
+        }
+        backup::RestoreTarget::Label(l) => {
+            recovery.insert("recovery_target".into(), "immediate".into());
+            recovery.insert("recovery_target_action".into(), "promote".into());
+            format!(" --type=immediate --set={l}")
+        }
+    };
+    RestoreBootstrap {
+        command: format!("{base} --pg1-path={}{selection} restore", common.pgdata()),
+        keep_existing_recovery_conf: false,
+        no_params: true,
+        recovery_conf: recovery,
+    }
+}
+
+/// pgbackrest.conf for a restore from another cluster's repository: that repository
+/// service (its full name, on its network), that cluster's certificate and passphrase.
+pub fn source_conf(
+    common: &Common,
+    settings: &BackupSettings,
+    postgres: &Postgres,
+    from_cluster: &str,
+    tls: &TlsFiles,
+    passphrase: Option<&str>,
+) -> String {
+    let d = dir(common);
+    let mut g: Vec<(String, String)> = [
+        ("lock-path", d.join("lock").display().to_string()),
+        ("log-path", d.join("log").display().to_string()),
+        ("log-level-file", "off".into()),
+        ("log-level-console", "info".into()),
+        ("log-level-stderr", "off".into()),
+        ("repo1-host", source_repo_host(from_cluster)),
+        ("repo1-path", settings.repo_path.clone()),
+        ("repo1-host-type", "tls".into()),
+        ("repo1-host-port", backup::defaults::REPO_PORT.to_string()),
+        ("repo1-host-ca-file", tls.ca.display().to_string()),
+        ("repo1-host-cert-file", tls.cert.display().to_string()),
+        ("repo1-host-key-file", tls.key.display().to_string()),
+        ("process-max", "2".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    cipher(&mut g, passphrase);
+    let section = vec![
+        ("pg1-path".to_string(), common.pgdata()),
+        ("pg1-port".to_string(), postgres.port.to_string()),
+        (
+            "pg1-socket-path".to_string(),
+            common.socket_dir().to_string(),
+        ),
+        ("pg1-user".to_string(), common.superuser.clone()),
+    ];
+    text(g, backup::stanza(from_cluster), section)
+}
+
+/// Writes what a restore from another cluster's repository needs: that cluster's TLS files
+/// and passphrase (mounted as `restore_*` secrets) and `restore.conf`.
+fn write_source(
+    common: &Common,
+    settings: &BackupSettings,
+    postgres: &Postgres,
+    from_cluster: &str,
+) -> anyhow::Result<()> {
+    let secret_path = |s: Secret| Path::new(SECRETS_DIR).join(backup::restore_secret(s));
+    let tls = TlsFiles {
+        ca: dir(common).join("restore-ca.crt"),
+        cert: dir(common).join("restore-tls.crt"),
+        key: dir(common).join("restore-tls.key"),
+    };
+    for (secret, path) in [
+        (Secret::BackupTlsCa, &tls.ca),
+        (Secret::BackupTlsCert, &tls.cert),
+        (Secret::BackupTlsKey, &tls.key),
+    ] {
+        let from = secret_path(secret);
+        let mut pem = std::fs::read_to_string(&from).with_context(|| {
+            format!(
+                "restoring from cluster {from_cluster}: cannot read {} (its backup \
+                 certificate, mounted by swarmctl restore)",
+                from.display()
+            )
+        })?;
+        pem = pem.trim().to_string();
+        pem.push('\n');
+        templates::write_private(path, pem.as_bytes())?;
+    }
+    let pass_file = secret_path(Secret::BackupPassphrase);
+    let pass = match std::fs::read_to_string(&pass_file) {
+        Ok(p) => Some(p.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", pass_file.display())),
+    };
+    let conf = source_conf(
+        common,
+        settings,
+        postgres,
+        from_cluster,
+        &tls,
+        pass.as_deref(),
+    );
+    templates::write_private(&restore_conf_path(common), conf.as_bytes())?;
+    Ok(())
+}
+
+/// Where Docker mounts secrets.
+const SECRETS_DIR: &str = "/run/secrets";
+
 /// On a data member with backups: renders pgbackrest.conf and the TLS files, and keeps this
 /// member's pgBackRest server running (the repository reads backups through it).
 pub fn start_member(common: &Common, postgres: &Postgres, secrets: &Secrets) -> anyhow::Result<()> {
@@ -297,6 +465,22 @@ pub fn start_member(common: &Common, postgres: &Postgres, secrets: &Secrets) -> 
     let conf = member_conf(common, settings, postgres, &tls, pass.as_deref());
     templates::write_private(&conf_path(common), conf.as_bytes())?;
     info!(repository = %settings.repo_host, path = %conf_path(common).display(), "rendered pgbackrest.conf; WAL is archived to the repository");
+    if let Some(restore) = &settings.restore {
+        if let Some(from) = &restore.from_cluster {
+            write_source(common, settings, postgres, from)?;
+        }
+        // pgBackRest restores into an existing directory; Patroni counts an empty one as
+        // empty, so a member that bootstraps still does.
+        let pgdata = PathBuf::from(common.pgdata());
+        if !pgdata.exists() {
+            std::fs::create_dir_all(&pgdata)
+                .with_context(|| format!("creating {}", pgdata.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("chmod 0700 {}", pgdata.display()))?;
+        }
+        info!(target = %restore.target.to_env_value(), from = ?restore.from_cluster, "should this member bootstrap the cluster, it restores it from the repository");
+    }
     tokio::spawn(crate::metrics::keep_running(server(common)));
     Ok(())
 }
@@ -541,6 +725,75 @@ mod tests {
         );
         assert!(!single.contains("backup-standby"));
         assert!(!single.contains("cipher"));
+    }
+
+    #[test]
+    fn a_restore_bootstraps_through_pgbackrest_and_promotes_at_the_target() {
+        let common = Common::new("new", "pg1");
+        let restore = |target, from: Option<&str>| backup::Restore {
+            target,
+            from_cluster: from.map(str::to_string),
+        };
+        let b = restore_bootstrap(
+            &common,
+            &restore(
+                backup::RestoreTarget::Time("2026-12-03 18:00:00+00".into()),
+                Some("old"),
+            ),
+        );
+        assert_eq!(
+            b.command,
+            "pgbackrest --config=/run/pgswarm/pgbackrest/restore.conf --stanza=old \
+             --pg1-path=/var/lib/pgswarm/pgdata --type=time '--target=2026-12-03 18:00:00+00' \
+             restore"
+        );
+        assert_eq!(
+            b.recovery_conf["recovery_target_time"],
+            "2026-12-03 18:00:00+00"
+        );
+        assert_eq!(b.recovery_conf["recovery_target_action"], "promote");
+        assert_eq!(
+            b.recovery_conf["restore_command"],
+            "pgbackrest --config=/run/pgswarm/pgbackrest/restore.conf --stanza=old archive-get \
+             %f \"%p\""
+        );
+        assert!(!b.keep_existing_recovery_conf && b.no_params);
+        let latest = restore_bootstrap(&common, &restore(backup::RestoreTarget::Latest, None));
+        assert!(latest
+            .command
+            .contains("pgbackrest.conf --stanza=new --pg1-path"));
+        assert!(
+            latest.command.ends_with("/pgdata restore"),
+            "{}",
+            latest.command
+        );
+        assert_eq!(
+            latest.recovery_conf.len(),
+            1,
+            "no target: the end of the archive"
+        );
+        let label = restore_bootstrap(
+            &common,
+            &restore(
+                backup::RestoreTarget::Label("20261203-141000F".into()),
+                None,
+            ),
+        );
+        assert!(label
+            .command
+            .contains("--type=immediate --set=20261203-141000F restore"));
+        assert_eq!(label.recovery_conf["recovery_target"], "immediate");
+        let conf = source_conf(
+            &common,
+            &BackupSettings::new("backup"),
+            &Postgres::default(),
+            "old",
+            &tls(),
+            Some("pw"),
+        );
+        for line in ["repo1-host=old_backup", "[old]", "repo1-cipher-pass=pw"] {
+            assert!(conf.lines().any(|l| l == line), "{line} missing:\n{conf}");
+        }
     }
 
     #[test]

@@ -288,6 +288,12 @@ pub struct CitusSection {
 #[derive(Debug, Clone, Serialize)]
 pub struct Bootstrap {
     pub dcs: Dcs,
+    /// `pgbackrest` when the cluster is restored from a repository (`swarmctl restore`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The restore a bootstrapping member runs instead of initdb.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pgbackrest: Option<crate::backup::RestoreBootstrap>,
     pub initdb: Vec<InitdbOption>,
 }
 
@@ -559,6 +565,11 @@ pub fn render(
             local_parameters.insert(name.to_string(), value);
         }
     }
+    let restore = common
+        .backup
+        .as_ref()
+        .and_then(|b| b.restore.as_ref())
+        .map(|r| crate::backup::restore_bootstrap(common, r));
     for (name, value) in &pg.parameters {
         let lower = name.to_ascii_lowercase();
         if DCS_ONLY_PARAMETERS.contains(&lower.as_str()) {
@@ -612,6 +623,10 @@ pub fn render(
                     parameters: dcs_parameters,
                 },
             },
+            method: restore
+                .as_ref()
+                .map(|_| crate::backup::RESTORE_METHOD.to_string()),
+            pgbackrest: restore,
             initdb: vec![
                 InitdbOption::Flag("data-checksums".into()),
                 InitdbOption::value("encoding", "UTF8"),

@@ -8,7 +8,7 @@
 //! members (they address each other by service name) and for the router and pooler unless they
 //! publish through the ingress mesh, and external Docker secrets only.
 
-mod emit;
+pub(crate) mod emit;
 
 use crate::keepalive;
 use crate::placement;

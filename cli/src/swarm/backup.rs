@@ -53,17 +53,31 @@ pub fn repository(cluster: &Cluster) -> anyhow::Result<&crate::spec::Service> {
 async fn pgbackrest(engine: &Engine, cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     let repo = repository(cluster)?;
     let service = super::service_name(&cluster.name, &repo.name);
-    let container = engine.running_container(&service).await?.ok_or_else(|| {
+    pgbackrest_in(
+        engine,
+        &service,
+        pgswarm_contract::backup::stanza(&cluster.name),
+        args,
+    )
+    .await
+}
+
+/// Runs `pgbackrest <args>` for `stanza` in the container of the repository service
+/// `service` on this node.
+pub async fn pgbackrest_in(
+    engine: &Engine,
+    service: &str,
+    stanza: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let container = engine.running_container(service).await?.ok_or_else(|| {
         anyhow!(
             "no running container of {service} on this node: run swarmctl on the node the \
              repository runs on (`docker service ps {service}` shows it), where its volume is"
         )
     })?;
     let config = format!("--config={}", conf_path());
-    let stanza = format!(
-        "--stanza={}",
-        pgswarm_contract::backup::stanza(&cluster.name)
-    );
+    let stanza = format!("--stanza={stanza}");
     let mut argv = vec!["pgbackrest", config.as_str(), stanza.as_str()];
     argv.extend_from_slice(args);
     super::exec::exec_as(engine, &container, Some("postgres"), &argv)

@@ -54,15 +54,34 @@ pub async fn preflight(engine: &Engine, cluster: &Cluster) -> anyhow::Result<()>
 /// Runs `docker stack deploy` with the rendered stack of `cluster`.
 pub async fn stack_deploy(cluster: &Cluster) -> anyhow::Result<()> {
     let yaml = render::stack_yaml(cluster).context("cannot serialize the stack file")?;
-    let dir =
-        std::env::temp_dir().join(format!("swarmctl-{}-{}", cluster.name, std::process::id()));
+    stack_deploy_yaml(&cluster.name, &yaml).await
+}
+
+/// The services of stack `name`.
+pub async fn stack_services(
+    engine: &Engine,
+    name: &str,
+) -> anyhow::Result<Vec<bollard::models::Service>> {
+    engine
+        .docker
+        .list_services(Some(ListServicesOptions {
+            filters: Some(stack_filter(name)),
+            ..Default::default()
+        }))
+        .await
+        .context("cannot list services")
+}
+
+/// Runs `docker stack deploy` of the stack file `yaml` as stack `name`.
+pub async fn stack_deploy_yaml(name: &str, yaml: &str) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("swarmctl-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file: PathBuf = dir.join("stack.yml");
-    std::fs::write(&file, &yaml).with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::write(&file, yaml).with_context(|| format!("cannot write {}", file.display()))?;
     let output = tokio::process::Command::new("docker")
         .args(["stack", "deploy", "--resolve-image", "never", "-c"])
         .arg(&file)
-        .arg(&cluster.name)
+        .arg(name)
         .stdin(std::process::Stdio::null())
         .output()
         .await;
@@ -74,7 +93,7 @@ pub async fn stack_deploy(cluster: &Cluster) -> anyhow::Result<()> {
     if !output.status.success() {
         bail!(
             "docker stack deploy of {} failed ({}): {}",
-            cluster.name,
+            name,
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );

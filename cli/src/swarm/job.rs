@@ -119,6 +119,45 @@ pub fn job_spec(
 /// Runs `argv` in a one-off task made from the service `template` (a data member's Swarm
 /// service name); returns what it printed and its exit code.
 pub async fn run(engine: &Engine, template: &str, argv: &[&str]) -> anyhow::Result<ExecOutput> {
+    run_job(engine, template, argv, false).await
+}
+
+/// Like [`run`], but the task keeps the service's volumes and placement: it runs on the node
+/// that holds the member's volume, with the volume mounted (the service must have no running
+/// task: a volume is never used by two tasks at once).
+pub async fn run_with_volume(
+    engine: &Engine,
+    template: &str,
+    argv: &[&str],
+) -> anyhow::Result<ExecOutput> {
+    run_job(engine, template, argv, true).await
+}
+
+/// `job_spec` that keeps the template's mounts and placement.
+pub fn volume_job_spec(
+    template: &ServiceSpec,
+    name: &str,
+    argv: &[&str],
+) -> anyhow::Result<ServiceSpec> {
+    let mut spec = job_spec(template, name, argv, None)?;
+    let original = template.task_template.as_ref();
+    if let Some(task) = spec.task_template.as_mut() {
+        task.placement = original.and_then(|t| t.placement.clone());
+        if let Some(c) = task.container_spec.as_mut() {
+            c.mounts = original
+                .and_then(|t| t.container_spec.as_ref())
+                .and_then(|c| c.mounts.clone());
+        }
+    }
+    Ok(spec)
+}
+
+async fn run_job(
+    engine: &Engine,
+    template: &str,
+    argv: &[&str],
+    with_volume: bool,
+) -> anyhow::Result<ExecOutput> {
     let service = engine
         .docker
         .inspect_service(template, None::<InspectServiceOptions>)
@@ -136,7 +175,11 @@ pub async fn run(engine: &Engine, template: &str, argv: &[&str]) -> anyhow::Resu
     // finished container can be removed here; anywhere otherwise (a drained node).
     let state = engine.swarm_state().await?;
     let local = local_node_can_run_tasks(engine, &state.node_id).await;
-    let spec = job_spec(&spec, &name, argv, local.then_some(state.node_id.as_str()))?;
+    let spec = if with_volume {
+        volume_job_spec(&spec, &name, argv)?
+    } else {
+        job_spec(&spec, &name, argv, local.then_some(state.node_id.as_str()))?
+    };
     engine
         .docker
         .create_service(spec, None)
@@ -356,6 +399,21 @@ mod tests {
         assert_eq!(
             task.restart_policy.unwrap().condition,
             Some(TaskSpecRestartPolicyConditionEnum::NONE)
+        );
+        // A volume job keeps the volume and the member's placement (the node holding it).
+        let mut pinned = template.clone();
+        if let Some(t) = pinned.task_template.as_mut() {
+            t.placement = Some(bollard::models::TaskSpecPlacement {
+                constraints: Some(vec!["node.labels.pgswarm.demo.pg1 == true".into()]),
+                ..Default::default()
+            });
+        }
+        let wipe = volume_job_spec(&pinned, "demo_pg1-ctl-2", &["sh", "-c", "true"]).unwrap();
+        let task = wipe.task_template.unwrap();
+        assert_eq!(task.container_spec.unwrap().mounts.unwrap().len(), 1);
+        assert_eq!(
+            task.placement.unwrap().constraints.unwrap(),
+            ["node.labels.pgswarm.demo.pg1 == true"]
         );
     }
 }

@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod objects;
 pub mod observe;
 pub mod progress;
+pub mod restore;
 pub mod secrets;
 pub mod status;
 pub mod switchover;

@@ -93,28 +93,61 @@ async fn declared_roles_log_in_through_the_pooler_and_change_without_a_restart(
     Ok(())
 }
 
-/// Backups: WAL archived to the repository service over pgBackRest's TLS, a full backup in
-/// the repository, and a point-in-time restore to a moment between two batches of rows (and
-/// before a DROP TABLE) with exactly the rows committed before it.
+/// Backups and restores (issue 12's acceptance), on one cluster with a `backup` section:
+/// - point in time: rows, a target time, more rows, DROP TABLE; `swarmctl restore
+///   --from-cluster --time` into a new cluster has exactly the rows committed before the
+///   target and the dropped table;
+/// - the repository stopped for a while: writes go on, `swarmctl status` says archiving
+///   fails, and archiving catches up once it is back;
+/// - disaster: under write load every member is killed, the stack removed and the members'
+///   volumes deleted; `swarmctl restore --yes` in place brings back every commit acknowledged
+///   before the last archived segment, reports the window lost, and archives again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_point_in_time_restore_from_the_repository_has_exactly_the_rows_before_the_target(
+async fn a_cluster_is_restored_to_a_point_in_time_into_a_new_cluster_and_in_place_after_losing_every_volume(
 ) -> anyhow::Result<()> {
     init_logging();
     let image = ensure_image()?;
-    let name = deployment::unique_name("e2ebk");
+    let name = deployment::unique_name("rstbk");
     let spec = format!(
         "{}backup:\n  archive_timeout: 10\n",
         specs::patroni(&name, &image, false)?
     );
     let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
-    let report = pgswarm_swarm_tests::backup::pitr(&cluster.dep, &cluster.members).await?;
+    let report = pgswarm_swarm_tests::backup::pitr_into_new_cluster(&cluster, &image).await?;
     eprintln!(
-        "backup: stanza and first full backup {:.1} s after ready ({}), restore to the target \
-         and count {:.1} s, {} rows",
+        "restore, point in time: stanza and first full backup (from a standby) {:.1} s after \
+         ready ({}); \
+         swarmctl restore --from-cluster --time '{}' into a new cluster {:.1} s; {} rows, none \
+         after the target, the dropped table back",
         report.stanza_and_first_backup.as_secs_f64(),
         report.backup_label,
+        report.target,
         report.restore.as_secs_f64(),
         report.rows_restored
+    );
+    let report = pgswarm_swarm_tests::backup::repository_outage(&cluster).await?;
+    eprintln!(
+        "repository stopped: {} rows committed meanwhile, {} archive failures, swarmctl status: \
+         {:?}; the segment archived {:.1} s after the repository was back ({:.1} s in all)",
+        report.rows_written_meanwhile,
+        report.archive_failures,
+        report.status_line,
+        report.caught_up_after.as_secs_f64(),
+        report.outage.as_secs_f64()
+    );
+    let report = pgswarm_swarm_tests::backup::disaster_in_place(&cluster).await?;
+    eprintln!(
+        "restore, disaster: {} commits acknowledged, the {} before the archived WAL switch all \
+         restored; lost: {} commits acknowledged after the last archived segment ({}), a \
+         window of {:.1} s; swarmctl restore --yes in place {:.1} s; the restored leader \
+         archived {} (new timeline)",
+        report.acknowledged,
+        report.acknowledged_before_archived,
+        report.lost,
+        report.last_archived_before,
+        report.lost_window.as_secs_f64(),
+        report.restore.as_secs_f64(),
+        report.archived_after
     );
     Ok(())
 }
