@@ -316,9 +316,12 @@ pub async fn watch_leader(etcd: Etcd, keys: Keys, me: String) {
                 tokio::time::sleep(RECHECK).await;
             }
             PeerEnd::Gone(how) => {
-                if release(&etcd, &leader_key, &seen, how).await {
-                    forget_member(&etcd, &keys.member(&seen.value), &host, port).await;
-                }
+                // The member key first: the leader key's deletion wakes every replica, which
+                // reads the members at once for its leader race; a dead member still listed
+                // there costs the race Patroni's 2 s request timeout (measured: the member key
+                // removed 60 ms after the leader key was too late for the winner's read).
+                forget_member(&etcd, &keys.member(&seen.value), &host, port).await;
+                release(&etcd, &leader_key, &seen, how).await;
             }
         }
     }
