@@ -90,8 +90,8 @@ async fn swarmctl(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// One statement through psql in the running container of Swarm service `service`.
-async fn service_sql(service: &str, statement: &str) -> Result<String> {
+/// The running container of Swarm service `service`.
+async fn service_container(service: &str) -> Result<String> {
     let ids = docker_async(&[
         "ps",
         "-q",
@@ -99,11 +99,16 @@ async fn service_sql(service: &str, statement: &str) -> Result<String> {
         &format!("label=com.docker.swarm.service.name={service}"),
     ])
     .await?;
-    let id = ids
+    Ok(ids
         .lines()
         .next()
         .ok_or_else(|| anyhow!("no running container of {service}"))?
-        .to_string();
+        .to_string())
+}
+
+/// One statement through psql in the running container of Swarm service `service`.
+async fn service_sql(service: &str, statement: &str) -> Result<String> {
+    let id = service_container(service).await?;
     let mut args = vec!["exec", id.as_str()];
     args.extend_from_slice(&PSQL);
     args.extend(["-c", statement]);
@@ -468,4 +473,288 @@ pub async fn repository_outage(cluster: &PatroniCluster) -> Result<OutageReport>
         status_line,
         caught_up_after: back.elapsed(),
     })
+}
+
+/// One duration through pgswarm and through plain pgBackRest, in seconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Compared {
+    pub pgswarm: f64,
+    pub plain: f64,
+    /// pgswarm / plain.
+    pub ratio: f64,
+}
+
+impl Compared {
+    fn of(pgswarm: Duration, plain: Duration) -> Compared {
+        let (a, b) = (pgswarm.as_secs_f64(), plain.as_secs_f64());
+        Compared {
+            pgswarm: a,
+            plain: b,
+            ratio: if b > 0.0 { a / b } else { f64::NAN },
+        }
+    }
+}
+
+/// What the backup benchmark measured (`swarm-bench --scenario backup`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupBench {
+    /// pgbench's scale (100 000 rows of pgbench_accounts each).
+    pub scale: u32,
+    /// `pg_database_size` of the filled database, MiB.
+    pub data_mb: f64,
+    /// `pgbench -i` on the leader, seconds.
+    pub load_s: f64,
+    /// `swarmctl backup now --type full` (the repository service reads a streaming replica's
+    /// files over TLS) versus `pgbackrest backup --type=full` in the leader's container into a
+    /// local repository on its volume.
+    pub backup_s: Compared,
+    /// Size of each full backup in its repository (compressed, encrypted), MiB.
+    pub backup_size_mb: BackupSizes,
+    /// `swarmctl restore --from-cluster` into a new two-member cluster until it is healthy
+    /// (deploy, restore, WAL replay, the replica cloned) versus `pgbackrest restore` of the
+    /// plain backup into an empty directory (files only).
+    pub restore_s: Compared,
+    /// The settings both paths share.
+    pub settings: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupSizes {
+    pub pgswarm: f64,
+    pub plain: f64,
+}
+
+impl std::fmt::Display for BackupBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "backup and restore of a pgbench database (scale {}, {:.0} MiB, loaded in {:.1} s); \
+             {}",
+            self.scale, self.data_mb, self.load_s, self.settings
+        )?;
+        writeln!(
+            f,
+            "{:<18} {:>10} {:>10} {:>8}",
+            "", "pgswarm", "plain", "ratio"
+        )?;
+        for (what, c) in [
+            ("backup (s)", &self.backup_s),
+            ("restore (s)", &self.restore_s),
+        ] {
+            writeln!(
+                f,
+                "{what:<18} {:>10.1} {:>10.1} {:>8.2}",
+                c.pgswarm, c.plain, c.ratio
+            )?;
+        }
+        write!(
+            f,
+            "{:<18} {:>10.1} {:>10.1}",
+            "backup size (MiB)", self.backup_size_mb.pgswarm, self.backup_size_mb.plain
+        )
+    }
+}
+
+/// Where the plain pgBackRest run keeps its configuration, repository and restored copy: on
+/// the leader's volume, removed afterwards.
+const PLAIN_DIR: &str = "/var/lib/pgswarm/bench-plain";
+/// The plain run's configuration (pgBackRest refuses on its command line an option the
+/// command does not take, and ignores it in a configuration file): pgswarm's settings
+/// (zstd at its default level, process-max 2, aes-256-cbc), a local repository, no archive
+/// check (that repository gets no WAL).
+/// `[global]` comes last: the generated passphrase is appended to it.
+const PLAIN_CONF: &str = "[plain]
+pg1-path=/var/lib/pgswarm/pgdata
+pg1-socket-path=/run/pgswarm
+
+[global]
+repo1-path=/var/lib/pgswarm/bench-plain/repo
+repo1-cipher-type=aes-256-cbc
+compress-type=zst
+process-max=2
+start-fast=y
+archive-check=n
+lock-path=/var/lib/pgswarm/bench-plain/lock
+log-path=/var/lib/pgswarm/bench-plain/log
+log-level-file=off
+log-level-console=off
+log-level-stderr=warn
+";
+
+/// The size in the repository of the newest backup that `pgbackrest info --output=json`
+/// printed, MiB.
+fn newest_backup_size(info: &str) -> Result<f64> {
+    let value: serde_json::Value =
+        serde_json::from_str(info).with_context(|| format!("pgbackrest info: {info}"))?;
+    value[0]["backup"]
+        .as_array()
+        .and_then(|b| b.last())
+        .and_then(|b| b["info"]["repository"]["delta"].as_f64())
+        .map(|bytes| bytes / 1_048_576.0)
+        .ok_or_else(|| anyhow!("no backup in pgbackrest info: {info}"))
+}
+
+/// Runs pgBackRest in `container` with the plain configuration and `args`.
+async fn plain_pgbackrest(container: &str, args: &[&str]) -> Result<String> {
+    let config = format!("--config={PLAIN_DIR}/pgbackrest.conf");
+    let mut full = vec!["exec", container, "pgbackrest", &config, "--stanza=plain"];
+    full.extend_from_slice(args);
+    docker_async(&full).await
+}
+
+/// Waits until every replica of the leader `service` has replayed what the leader wrote.
+async fn wait_replicas_caught_up(service: &str) -> Result<()> {
+    let wait = Instant::now();
+    loop {
+        let behind = service_sql(
+            service,
+            "select count(*) from pg_stat_replication where replay_lsn is null or replay_lsn < \
+             pg_current_wal_lsn()",
+        )
+        .await?;
+        if behind == "0" {
+            return Ok(());
+        }
+        if wait.elapsed() > Duration::from_secs(900) {
+            bail!("{behind} replica(s) still behind the leader after 900 s");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The backup benchmark on `cluster` (two members and a `backup` section): fills the
+/// database with `pgbench -i -s SCALE`, times a full backup through pgswarm (`swarmctl backup
+/// now`) and a plain `pgbackrest backup` of the same data with the same settings (zstd at its
+/// default level 3, process-max 2, aes-256-cbc) into a local repository, then a restore of
+/// each: `swarmctl restore --from-cluster` into a new cluster until it is healthy, and plain
+/// `pgbackrest restore` into an empty directory. The restored cluster must hold every row.
+pub async fn bench(cluster: &PatroniCluster, image: &str, scale: u32) -> Result<BackupBench> {
+    let dep = &cluster.dep;
+    // The stanza exists once a first (small) backup goes through.
+    first_backup(dep).await?;
+    let leader = leader_service(&dep.name, &cluster.members).await?;
+    let container = service_container(&leader).await?;
+    eprintln!("loading pgbench scale {scale} on {leader}");
+    let started = Instant::now();
+    let pgbench = format!(
+        "exec \"$(ls /usr/lib/postgresql/*/bin/pgbench | tail -n 1)\" -i -q -s {scale} -h \
+         /run/pgswarm postgres"
+    );
+    docker_async(&["exec", &container, "sh", "-c", &pgbench]).await?;
+    let load = started.elapsed();
+    let data_mb: f64 = service_sql(
+        &leader,
+        "select pg_database_size(current_database()) / 1048576.0",
+    )
+    .await?
+    .parse()
+    .context("pg_database_size")?;
+    eprintln!(
+        "{data_mb:.0} MiB loaded in {:.1} s; waiting for the archive and the replica",
+        load.as_secs_f64()
+    );
+    // Neither backup should pay for archiving or replaying what the load wrote.
+    switch_and_wait_archived(&leader).await?;
+    wait_replicas_caught_up(&leader).await?;
+
+    let spec = dep.spec_path().to_string_lossy().to_string();
+    let started = Instant::now();
+    swarmctl(&["backup", "now", "-f", &spec, "--type", "full"]).await?;
+    let pgswarm_backup = started.elapsed();
+    let stanza = format!("--stanza={}", dep.name);
+    let info = exec(
+        dep,
+        "backup",
+        &["pgbackrest", CONF, &stanza, "info", "--output=json"],
+    )
+    .await?;
+    let pgswarm_size = newest_backup_size(&info)?;
+    eprintln!(
+        "swarmctl backup now --type full: {:.1} s",
+        pgswarm_backup.as_secs_f64()
+    );
+
+    let plain = plain_backup_and_restore(&container).await;
+    // The plain repository and the restored copy go whatever happened.
+    let cleanup = docker_async(&["exec", &container, "rm", "-rf", PLAIN_DIR]).await;
+    let (plain_backup, plain_size, plain_restore) = plain?;
+    cleanup.context("removing the plain repository")?;
+
+    // Everything the load wrote is archived: the latest restore has every row.
+    switch_and_wait_archived(&leader).await?;
+    let new_name = format!("{}r", dep.name);
+    let new_spec = format!(
+        "{}backup:\n  archive_timeout: 10\n",
+        crate::specs::patroni(&new_name, image, false)?
+    )
+    .replacen("members: 3\n", "members: 2\n", 1);
+    let spec_path = std::env::temp_dir().join(format!("pgswarm-bench-{new_name}.yml"));
+    std::fs::write(&spec_path, new_spec).context("cannot write the new cluster's spec")?;
+    let restored = RestoredCluster { spec: spec_path };
+    let spec_arg = restored.spec.to_string_lossy().to_string();
+    swarmctl(&["label-nodes", "-f", &spec_arg]).await?;
+    let started = Instant::now();
+    swarmctl(&[
+        "restore",
+        "-f",
+        &spec_arg,
+        "--from-cluster",
+        &dep.name,
+        "--timeout",
+        "1800",
+    ])
+    .await?;
+    let pgswarm_restore = started.elapsed();
+    eprintln!(
+        "swarmctl restore into a new cluster: {:.1} s",
+        pgswarm_restore.as_secs_f64()
+    );
+    let members = vec!["pg1".to_string(), "pg2".to_string()];
+    let new_leader = leader_service(&new_name, &members).await?;
+    let rows = service_sql(&new_leader, "select count(*) from pgbench_accounts").await?;
+    let expected = u64::from(scale) * 100_000;
+    if rows != expected.to_string() {
+        bail!("the restored cluster has {rows} rows in pgbench_accounts, expected {expected}");
+    }
+    drop(restored);
+    Ok(BackupBench {
+        scale,
+        data_mb,
+        load_s: load.as_secs_f64(),
+        backup_s: Compared::of(pgswarm_backup, plain_backup),
+        backup_size_mb: BackupSizes {
+            pgswarm: pgswarm_size,
+            plain: plain_size,
+        },
+        restore_s: Compared::of(pgswarm_restore, plain_restore),
+        settings: "both: zstd level 3 (pgBackRest's default), process-max 2, aes-256-cbc; \
+                   pgswarm reads the replica over TLS, plain pgBackRest the leader's files \
+                   locally"
+            .to_string(),
+    })
+}
+
+/// The plain pgBackRest run in the leader's container: a stanza in a repository on its volume
+/// (a generated passphrase in its 0600 configuration file), a timed full backup, its size, and
+/// a timed restore into an empty directory.
+async fn plain_backup_and_restore(container: &str) -> Result<(Duration, f64, Duration)> {
+    let setup = format!(
+        "set -e; umask 077; rm -rf {PLAIN_DIR}; mkdir -p {PLAIN_DIR}; \
+         printf '%s\\n' \"$1\" > {PLAIN_DIR}/pgbackrest.conf; \
+         printf 'repo1-cipher-pass=%s\\n' \"$(head -c 48 /dev/urandom | base64 | tr -d '\\n')\" \
+         >> {PLAIN_DIR}/pgbackrest.conf"
+    );
+    docker_async(&["exec", container, "sh", "-c", &setup, "sh", PLAIN_CONF]).await?;
+    plain_pgbackrest(container, &["stanza-create"]).await?;
+    let started = Instant::now();
+    plain_pgbackrest(container, &["--type=full", "backup"]).await?;
+    let backup = started.elapsed();
+    eprintln!("plain pgbackrest backup: {:.1} s", backup.as_secs_f64());
+    let size = newest_backup_size(&plain_pgbackrest(container, &["info", "--output=json"]).await?)?;
+    let target = format!("--pg1-path={PLAIN_DIR}/restore");
+    let started = Instant::now();
+    plain_pgbackrest(container, &[&target, "restore"]).await?;
+    let restore = started.elapsed();
+    eprintln!("plain pgbackrest restore: {:.1} s", restore.as_secs_f64());
+    Ok((backup, size, restore))
 }

@@ -16,9 +16,14 @@
 //! `node-loss`, `partition`, `freeze`, `drain`, `router-node-loss` (see
 //! `pgswarm_swarm_tests::multinode`); `acked_after_cut` counts the commits the cut-off primary
 //! acknowledged after the cut.
+//!
+//! `--scenario backup` (alone, single-node): a full backup and a restore of a pgbench
+//! database (`--scale 70`: ~1 GB) through pgswarm versus plain pgBackRest with the same
+//! settings on the same data, and the ratio (see `pgswarm_swarm_tests::backup::bench`).
 
 use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
+use pgswarm_swarm_tests::backup::{self, BackupBench};
 use pgswarm_swarm_tests::image::ensure_image;
 use pgswarm_swarm_tests::patroni::PatroniCluster;
 use pgswarm_swarm_tests::report::{BenchReport, ScenarioReport, Stats};
@@ -48,6 +53,8 @@ enum Scenario {
     Drain,
     /// Multi-node: the node of the router powered off, then restarted.
     RouterNodeLoss,
+    /// Backup and restore through pgswarm versus plain pgBackRest (runs alone).
+    Backup,
 }
 
 impl Scenario {
@@ -62,6 +69,7 @@ impl Scenario {
             Scenario::Freeze => "freeze",
             Scenario::Drain => "drain",
             Scenario::RouterNodeLoss => "router-node-loss",
+            Scenario::Backup => "backup",
         }
     }
 
@@ -101,9 +109,45 @@ struct Args {
     /// progress goes to standard error).
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
+    /// `--scenario backup`: pgbench's scale of the database backed up (70: ~1 GB; 10 for a
+    /// quick run).
+    #[arg(long, default_value_t = 70, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    scale: u32,
+    /// Prefix of the clusters' (stacks') names.
+    #[arg(long, default_value = "bench", value_parser = prefix)]
+    prefix: String,
+}
+
+/// A cluster name's prefix: a lowercase letter, then lowercase letters and digits.
+fn prefix(s: &str) -> Result<String, String> {
+    let mut chars = s.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.len() <= 12;
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: a lowercase letter, then lowercase letters or digits, at most 12"
+        ))
+    }
 }
 
 async fn run(args: Args) -> Result<()> {
+    if args.scenarios.contains(&Scenario::Backup) {
+        if args.scenarios.len() > 1 || args.nodes > 1 {
+            bail!("--scenario backup runs alone, on a single-node swarm (--nodes 1)");
+        }
+        let swarm = Swarm::ensure()?;
+        let result = measure_backup(&args).await;
+        swarm.leave_if_created()?;
+        let report = result?;
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string(&report)?),
+            Output::Text => println!("{report}"),
+        }
+        return Ok(());
+    }
     let (report, failures) = if args.nodes > 1 {
         measure_multinode(&args).await?
     } else {
@@ -176,6 +220,23 @@ async fn trial(
     }
 }
 
+/// `--scenario backup`: a two-member cluster with a repository service.
+async fn measure_backup(args: &Args) -> Result<BackupBench> {
+    let image = ensure_image()?;
+    let name = deployment::unique_name(&args.prefix);
+    let spec = format!(
+        "{}backup:\n  archive_timeout: 10\n",
+        specs::patroni(&name, &image, false)?
+    )
+    .replacen("members: 3\n", "members: 2\n", 1);
+    let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
+    eprintln!(
+        "healthy cluster {name} {:.1} s after docker stack deploy",
+        cluster.ready_after.as_secs_f64()
+    );
+    backup::bench(&cluster, &image, args.scale).await
+}
+
 async fn measure(args: &Args) -> Result<BenchReport> {
     let image = ensure_image()?;
     let synchronous = !args.asynchronous;
@@ -188,7 +249,7 @@ async fn measure(args: &Args) -> Result<BenchReport> {
     let mut results: Vec<(Scenario, Vec<DisruptionReport>)> =
         chosen.iter().map(|s| (*s, Vec::new())).collect();
     for d in 0..args.deployments.max(1) {
-        let name = deployment::unique_name("bench");
+        let name = deployment::unique_name(&args.prefix);
         let spec = specs::patroni(&name, &image, synchronous)?;
         let cluster = PatroniCluster::deploy(&name, &spec, DEPLOY_TIMEOUT).await?;
         eprintln!(
