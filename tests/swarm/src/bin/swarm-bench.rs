@@ -113,7 +113,8 @@ struct Args {
     /// quick run).
     #[arg(long, default_value_t = 70, value_parser = clap::value_parser!(u32).range(1..=10000))]
     scale: u32,
-    /// Prefix of the clusters' (stacks') names.
+    /// Prefix of the clusters' (stacks') names, then the process id: another prefix keeps a
+    /// run apart from others on the same swarm.
     #[arg(long, default_value = "bench", value_parser = prefix)]
     prefix: String,
 }
