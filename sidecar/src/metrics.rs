@@ -149,7 +149,8 @@ pub async fn keep_running(spec: ChildSpec) {
     }
 }
 
-fn which(program: &Path) -> Option<PathBuf> {
+/// The first file named `program` in the directories of PATH.
+pub(crate) fn which(program: &Path) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))

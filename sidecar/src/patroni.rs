@@ -927,7 +927,9 @@ const LAUNCHER: &str = include_str!("patroni_launch.py");
 /// script when that cannot be done.
 fn patroni_child(common: &Common, config: &str) -> ChildSpec {
     let plain = ChildSpec::new("patroni", "patroni").arg(config);
-    let Some(interpreter) = find_in_path("patroni").and_then(|p| script_interpreter(&p)) else {
+    let Some(interpreter) =
+        crate::metrics::which(Path::new("patroni")).and_then(|p| script_interpreter(&p))
+    else {
         warn!("cannot tell the installed patroni's Python: starting it as is");
         return plain;
     };
@@ -946,13 +948,6 @@ fn patroni_child(common: &Common, config: &str) -> ChildSpec {
     }
 }
 
-fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
 /// The interpreter named by a script's `#!` line: an absolute path, or `env NAME` resolved
 /// through PATH.
 fn script_interpreter(script: &Path) -> Option<String> {
@@ -960,7 +955,7 @@ fn script_interpreter(script: &Path) -> Option<String> {
     let first = text.split(|b| *b == b'\n').next()?;
     let line = std::str::from_utf8(first).ok()?.strip_prefix("#!")?;
     interpreter_of(line, |name| {
-        find_in_path(name).map(|p| p.display().to_string())
+        crate::metrics::which(Path::new(name)).map(|p| p.display().to_string())
     })
 }
 

@@ -119,46 +119,20 @@ pub async fn create_missing(engine: &Engine, cluster: &Cluster) -> anyhow::Resul
         );
     }
     let mut certificates = Vec::new();
-    let cluster_tls_missing: Vec<Secret> = missing
-        .iter()
-        .copied()
-        .filter(|s| Secret::CLUSTER_TLS.contains(s))
-        .collect();
-    if !cluster_tls_missing.is_empty() {
-        if cluster_tls_missing.len() != Secret::CLUSTER_TLS.len() {
-            let present: Vec<String> = Secret::CLUSTER_TLS
-                .iter()
-                .filter(|s| !cluster_tls_missing.contains(s))
-                .map(|s| s.docker_name(&cluster.name))
-                .collect();
-            anyhow::bail!(
-                "the TLS secrets are made together (the cluster CA, the server certificate and \
-                 its key), and only some exist: remove {} (`docker secret rm {}`, with the \
-                 stack down) so swarmctl generates all three again",
-                present.join(", "),
-                present.join(" ")
-            );
-        }
+    if group_missing(
+        cluster,
+        &missing,
+        &Secret::CLUSTER_TLS,
+        "TLS secrets (the cluster CA, the server certificate and its key)",
+    )? {
         certificates.extend(cluster_tls(cluster)?);
     }
-    let tls_missing: Vec<Secret> = missing
-        .iter()
-        .copied()
-        .filter(|s| Secret::BACKUP_TLS.contains(s))
-        .collect();
-    if !tls_missing.is_empty() {
-        if tls_missing.len() != Secret::BACKUP_TLS.len() {
-            let present: Vec<String> = Secret::BACKUP_TLS
-                .iter()
-                .filter(|s| !tls_missing.contains(s))
-                .map(|s| s.docker_name(&cluster.name))
-                .collect();
-            anyhow::bail!(
-                "the backup TLS secrets are made together (a CA, a certificate and its key), and                  only some exist: remove {} (`docker secret rm {}`, with the stack down) so                  swarmctl generates all three again",
-                present.join(", "),
-                present.join(" ")
-            );
-        }
+    if group_missing(
+        cluster,
+        &missing,
+        &Secret::BACKUP_TLS,
+        "backup TLS secrets (a CA, a certificate and its key)",
+    )? {
         certificates.extend(backup_tls(cluster)?);
     }
     let mut names: Vec<String> = missing
@@ -324,6 +298,35 @@ pub fn read_command(cluster: &Cluster, secret: Secret, member: &str) -> String {
         super::service_name(&cluster.name, member),
         secret.default_path()
     )
+}
+
+/// Whether the certificate secrets of `group` are all missing (to be generated together);
+/// an error naming the ones to remove when only some exist: a certificate is made with its
+/// key and CA, never alone.
+fn group_missing(
+    cluster: &Cluster,
+    missing: &[Secret],
+    group: &[Secret],
+    what: &str,
+) -> anyhow::Result<bool> {
+    let absent = group.iter().filter(|s| missing.contains(s)).count();
+    if absent == 0 {
+        return Ok(false);
+    }
+    if absent != group.len() {
+        let present: Vec<String> = group
+            .iter()
+            .filter(|s| !missing.contains(s))
+            .map(|s| s.docker_name(&cluster.name))
+            .collect();
+        anyhow::bail!(
+            "the {what} are made together, and only some exist: remove {} (`docker secret rm \
+             {}`, with the stack down) so swarmctl generates all three again",
+            present.join(", "),
+            present.join(" ")
+        );
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
