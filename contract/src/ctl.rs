@@ -95,6 +95,65 @@ pub enum Request {
     /// its client port); answers [`EtcdStatusReply`]. Needs no secret: any container on the
     /// cluster's network can run it.
     EtcdStatus { members: Vec<EtcdTarget> },
+    /// Switch the leader over with the pooler held: pause every task of each pooler over the
+    /// network, ask the leader's Patroni to switch over, wait for a write through `write` that
+    /// commits on another server, resume. Run in a container holding the superuser and REST
+    /// secrets (a data member, or a one-off task made from one). Answers [`SwitchoverReply`].
+    Switchover(SwitchoverPlan),
+}
+
+/// What [`Request::Switchover`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverPlan {
+    /// The leader now: its member (and service) name, the host of its REST API.
+    pub leader: String,
+    /// The member to hand over to; none: Patroni picks the best one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    /// Patroni's REST port on the members.
+    pub rest_port: u16,
+    /// The members of the leader's group (service names), to name the new leader.
+    pub members: Vec<String>,
+    /// Where writes go: the router's read-write port (or the candidate without a router).
+    pub write: SwitchTarget,
+    /// The poolers to hold meanwhile (service name and port; every task of each is paused).
+    #[serde(default)]
+    pub poolers: Vec<SwitchTarget>,
+    /// Seconds a pause waits for the running transactions before it gives up.
+    pub pause_wait_secs: u64,
+    /// Seconds the pooler is held at most: the clients are let go then even if no write has
+    /// committed on a new leader yet (the request then fails).
+    pub max_pause_secs: u64,
+    /// Seconds to wait for Patroni and for the new leader.
+    pub timeout_secs: u64,
+}
+
+/// A host and port of [`SwitchoverPlan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+/// What `switchover` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverReply {
+    pub old_leader: String,
+    /// The member whose address took the write, when it is one of the plan's members.
+    pub new_leader: Option<String>,
+    /// Address of the server that took the first write.
+    pub server: String,
+    /// Milliseconds the pooler held its clients (none: no pooler was paused).
+    pub paused_ms: Option<u64>,
+    /// Pooler tasks paused.
+    pub paused_tasks: usize,
+    /// Milliseconds from the request to Patroni to the first write on the new leader.
+    pub switched_ms: u64,
+    /// Patroni's answer to the request.
+    pub patroni: String,
 }
 
 /// One etcd member for [`Request::EtcdStatus`]: its name and where it listens.
@@ -183,6 +242,7 @@ impl Request {
             Request::Patronictl { .. } => "patronictl",
             Request::EtcdStatus { .. } => "etcd-status",
             Request::ApplyObjects { .. } => "apply-objects",
+            Request::Switchover(_) => "switchover",
         }
     }
 
@@ -221,6 +281,10 @@ impl Request {
                 for m in members {
                     argv.extend(["--member".into(), m.to_arg()]);
                 }
+            }
+            Request::Switchover(plan) => {
+                let json = serde_json::to_string(plan).unwrap_or_default();
+                argv.extend(["--plan".into(), json]);
             }
         }
         argv

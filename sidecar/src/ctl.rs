@@ -16,7 +16,7 @@ use anyhow::{anyhow, Context};
 use clap::Subcommand;
 use pgswarm_contract::ctl::{
     ApplyObjectsReply, CtlError, ErrorKind, EtcdStatusReply, EtcdTarget, PoolerReply, QueryReply,
-    WriteCheckReply,
+    SwitchoverPlan, WriteCheckReply,
 };
 use pgswarm_contract::objects::Objects;
 use pgswarm_contract::{MemberEnv, Role, Secret};
@@ -123,6 +123,13 @@ pub enum CtlCommand {
         #[arg(long = "member", required = true)]
         members: Vec<String>,
     },
+    /// Switch the Patroni leader over with the pooler held (see `pgswarm_sidecar::switchover`):
+    /// PLAN is the JSON of `pgswarm_contract::ctl::SwitchoverPlan`. Needs the superuser and
+    /// REST secrets (a data member's container). Prints a `SwitchoverReply`.
+    Switchover {
+        #[arg(long)]
+        plan: String,
+    },
     /// Run psql against HOST:PORT as the superuser, the password handed to psql through a
     /// passfile readable only by this user and removed when psql ends (never in an
     /// environment variable or on a command line). Standard input and output are psql's; the
@@ -143,14 +150,7 @@ pub enum CtlCommand {
     },
 }
 
-/// The statements of the write check, in one transaction: a temporary table dropped at
-/// commit, so nothing remains, yet a standby or a read-only route refuses it.
-const WRITE_CHECK_SQL: &str = "BEGIN; \
-     CREATE TEMP TABLE pgswarm_write_check (at timestamptz) ON COMMIT DROP; \
-     INSERT INTO pgswarm_write_check VALUES (now()); \
-     SELECT coalesce(host(inet_server_addr()), 'local') AS server, \
-            pg_is_in_recovery()::text AS in_recovery; \
-     COMMIT";
+use pgswarm_sidecar::switchover::WRITE_CHECK_SQL;
 
 /// Runs `command`; returns the process exit code.
 pub fn run(member: &MemberEnv, command: CtlCommand) -> i32 {
@@ -258,6 +258,25 @@ async fn dispatch(member: &MemberEnv, command: CtlCommand) -> Result<String, Ctl
                 waited_ms: waited.as_millis() as u64,
                 was_paused: false,
             }))
+        }
+        CtlCommand::Switchover { plan } => {
+            let plan: SwitchoverPlan = serde_json::from_str(&plan)
+                .map_err(|e| CtlError::new(ErrorKind::Refused, format!("--plan: {e}")))?;
+            let superuser = superuser_password(member)?;
+            let rest = read_secret(&member.common, Secret::RestPassword).map_err(|e| {
+                CtlError::new(
+                    ErrorKind::Refused,
+                    format!("{e:#} (a switchover runs in a data member's container)"),
+                )
+            })?;
+            let creds = pgswarm_sidecar::switchover::Credentials {
+                superuser: &member.common.superuser,
+                superuser_password: superuser.expose(),
+                rest_user: &member.common.rest_user,
+                rest_password: rest.expose(),
+            };
+            let reply = pgswarm_sidecar::switchover::run(&plan, &creds).await?;
+            json(serde_json::to_string(&reply))
         }
         CtlCommand::EtcdStatus { members } => {
             let targets = members

@@ -21,6 +21,7 @@ pub mod replication;
 pub mod router;
 pub mod secrets;
 pub mod supervise;
+pub mod switchover;
 pub mod templates;
 pub mod tls;
 pub mod volume;

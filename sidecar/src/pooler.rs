@@ -449,8 +449,8 @@ async fn follow_router(
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// PgBouncer's admin console did not take the connection (nothing was done).
-    #[error("cannot reach PgBouncer's admin console on 127.0.0.1:{port}: {reason}")]
-    Unreachable { port: u16, reason: String },
+    #[error("cannot reach PgBouncer's admin console at {at}: {reason}")]
+    Unreachable { at: String, reason: String },
     /// A command of the admin console failed.
     #[error("PgBouncer refused {command}: {reason}")]
     Command {
@@ -499,21 +499,46 @@ async fn admin_client(
     user: &str,
     password: &str,
 ) -> Result<tokio_postgres::Client, AdminError> {
+    admin_client_at("127.0.0.1", None, port, user, password).await
+}
+
+/// A connection to the admin console of the PgBouncer at `host:port` (`addr`, when given, is
+/// the address to connect to; `host` then names it for TLS and messages).
+async fn admin_client_at(
+    host: &str,
+    addr: Option<std::net::IpAddr>,
+    port: u16,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, AdminError> {
     let mut config = tokio_postgres::Config::new();
     config
-        .host("127.0.0.1")
+        .host(host)
         .port(port)
         .user(user)
         .password(password)
         .dbname("pgbouncer")
         .connect_timeout(Duration::from_secs(3));
-    let client = crate::tls::connect(&config)
-        .await
-        .map_err(|e| AdminError::Unreachable {
-            port,
+    if let Some(addr) = addr {
+        config.hostaddr(addr);
+    }
+    let at = match addr {
+        Some(addr) => format!("{host} ({addr}):{port}"),
+        None => format!("{host}:{port}"),
+    };
+    // The connect timeout covers TCP only: a console that accepts but never answers the
+    // startup message must not hold a switchover either.
+    match tokio::time::timeout(Duration::from_secs(5), crate::tls::connect(&config)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(AdminError::Unreachable {
+            at,
             reason: describe(&e),
-        })?;
-    Ok(client)
+        }),
+        Err(_) => Err(AdminError::Unreachable {
+            at,
+            reason: "no answer to the login within 5 s".into(),
+        }),
+    }
 }
 
 fn describe(e: &tokio_postgres::Error) -> String {
@@ -628,13 +653,179 @@ pub async fn resume(common: &Common, port: u16, password: &str) -> Result<bool, 
     Ok(was_paused)
 }
 
-/// Resumes a pause that outlived its deadline (whoever paused is gone), checking every second.
+/// One pooler task paused over the network by [`pause_tasks`]: the admin connection that
+/// paused it stays open to resume it.
+pub struct PausedTask {
+    /// `host (address):port`, for messages.
+    pub at: String,
+    client: tokio_postgres::Client,
+}
+
+/// Every address `host` resolves to (all the tasks of a pooler service, through
+/// `tasks.<service>` when that answers), within [`RESOLVE_TIMEOUT`] per name.
+pub async fn task_addresses(host: &str, port: u16) -> Vec<std::net::IpAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return vec![ip];
+    }
+    resolve_all(host, port)
+        .await
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+/// Pauses every task of the pooler service `host` (its admin console on `port`, reached over
+/// the cluster's network as `user`): each PAUSE waits (at most `wait`) for its running
+/// transactions, after which new queries wait in PgBouncer. All or none: when one task cannot
+/// be paused, those already paused are resumed and the error names the task. A task that
+/// nobody resumes is resumed by its own sidecar after [`UNRECORDED_PAUSE_MAX`].
+pub async fn pause_tasks(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    wait: Duration,
+) -> Result<Vec<PausedTask>, AdminError> {
+    let addrs = task_addresses(host, port).await;
+    if addrs.is_empty() {
+        return Err(AdminError::Unreachable {
+            at: format!("{host}:{port}"),
+            reason: format!("the name {host} (and tasks.{host}) resolves to no task"),
+        });
+    }
+    // Log in to every task first: nothing is paused while one of them is out of reach.
+    let mut clients = Vec::new();
+    for addr in addrs {
+        let client = admin_client_at(host, Some(addr), port, user, password).await?;
+        clients.push(PausedTask {
+            at: format!("{host} ({addr}):{port}"),
+            client,
+        });
+    }
+    let pauses = clients.iter().map(|task| async move {
+        match tokio::time::timeout(wait, admin_command(&task.client, "PAUSE")).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(AdminError::PauseTimeout {
+                wait_secs: wait.as_secs(),
+            }),
+        }
+    });
+    let results = futures_util::future::join_all(pauses).await;
+    if let Some(pos) = results.iter().position(|r| r.is_err()) {
+        // A PAUSE still waiting is cancelled with its connection: RESUME from a fresh one.
+        let _ = resume_tasks(&clients, user, password, port).await;
+        let e = results.into_iter().nth(pos).and_then(Result::err);
+        return Err(match e {
+            Some(AdminError::Command { command, reason }) => AdminError::Command {
+                command,
+                reason: format!("{} ({reason})", clients[pos].at),
+            },
+            Some(e) => e,
+            None => AdminError::PauseTimeout {
+                wait_secs: wait.as_secs(),
+            },
+        });
+    }
+    Ok(clients)
+}
+
+/// Resumes what [`pause_tasks`] paused (RECONNECT, so the next server connections go to
+/// whoever leads now, then RESUME), every task tried; the first failure is returned.
+pub async fn resume_tasks(
+    tasks: &[PausedTask],
+    user: &str,
+    password: &str,
+    port: u16,
+) -> Result<(), AdminError> {
+    let resumes = tasks.iter().map(|task| async move {
+        let on = async {
+            admin_command(&task.client, "RECONNECT").await?;
+            admin_command(&task.client, "RESUME").await
+        };
+        match tokio::time::timeout(Duration::from_secs(3), on).await {
+            Ok(Ok(())) => Ok(()),
+            // The paused connection broke: resume from a new one.
+            _ => {
+                let (host, addr) = split_at(&task.at);
+                let client = admin_client_at(&host, addr, port, user, password).await?;
+                admin_command(&client, "RECONNECT").await?;
+                admin_command(&client, "RESUME").await
+            }
+        }
+    });
+    let results = futures_util::future::join_all(resumes).await;
+    results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+}
+
+/// `host` and address back from a [`PausedTask::at`] (`host (addr):port`).
+fn split_at(at: &str) -> (String, Option<std::net::IpAddr>) {
+    let host = at.split(" (").next().unwrap_or(at).to_string();
+    let addr = at
+        .split_once(" (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .and_then(|(addr, _)| addr.parse().ok());
+    (host, addr)
+}
+
+/// How long a pause that no file records (made over the network by a switchover whose
+/// process then vanished, or by hand on the admin console) may last before the pooler's
+/// sidecar resumes it: longer than any switchover holds its clients.
+pub const UNRECORDED_PAUSE_MAX: Duration = Duration::from_secs(60);
+
+/// Whether PgBouncer's `SHOW STATE` says it is paused.
+async fn is_paused(client: &tokio_postgres::Client) -> Result<bool, AdminError> {
+    let messages = client
+        .simple_query("SHOW STATE")
+        .await
+        .map_err(|e| AdminError::Command {
+            command: "SHOW STATE",
+            reason: describe(&e),
+        })?;
+    Ok(messages.iter().any(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => {
+            row.get(0) == Some("paused") && row.get(1) == Some("yes")
+        }
+        _ => false,
+    }))
+}
+
+/// Resumes a pause that outlived its deadline (whoever paused is gone), checking every second;
+/// a pause no file records (made over the network) is resumed once it has lasted
+/// [`UNRECORDED_PAUSE_MAX`].
 async fn pause_watchdog(common: Common, port: u16, password: SecretValue) {
+    let mut console: Option<tokio_postgres::Client> = None;
+    let mut unrecorded_since: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(deadline) = pause_deadline(&common) else {
+            if console.as_ref().is_none_or(|c| c.is_closed()) {
+                console = admin_client(port, &common.superuser, password.expose())
+                    .await
+                    .ok();
+            }
+            let Some(client) = &console else { continue };
+            match is_paused(client).await {
+                Ok(true) => {
+                    let since = *unrecorded_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= UNRECORDED_PAUSE_MAX {
+                        warn!(
+                            paused_s = since.elapsed().as_secs(),
+                            "PgBouncer has been paused for longer than any switchover holds it, \
+                             and nobody resumed it: resuming now"
+                        );
+                        match resume_now(port, &common.superuser, password.expose()).await {
+                            Ok(()) => unrecorded_since = None,
+                            Err(e) => warn!(error = %e, "cannot resume PgBouncer; trying again"),
+                        }
+                    }
+                }
+                Ok(false) => unrecorded_since = None,
+                Err(_) => console = None,
+            }
             continue;
         };
+        unrecorded_since = None;
         if unix_now() < deadline {
             continue;
         }

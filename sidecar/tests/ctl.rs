@@ -250,4 +250,46 @@ async fn ctl_pooler_pause_holds_queries_and_resume_releases_them() {
         !output.contains(SUPERUSER_PASSWORD),
         "the password shows in the output: {output}"
     );
+
+    // Over the network, as `ctl switchover` pauses every task of a pooler: the admin console
+    // reached at the task's address holds queries until the same connection resumes it.
+    let tasks = pgswarm_sidecar::pooler::pause_tasks(
+        "127.0.0.1",
+        pool_port,
+        "postgres",
+        SUPERUSER_PASSWORD,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("a pause over the network");
+    assert_eq!(tasks.len(), 1);
+    let held = tokio::spawn(async move {
+        let result = a.simple_query("SELECT 1").await.map(|_| ());
+        (a, result)
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !held.is_finished(),
+        "a query ran through a PgBouncer paused over the network"
+    );
+    pgswarm_sidecar::pooler::resume_tasks(&tasks, "postgres", SUPERUSER_PASSWORD, pool_port)
+        .await
+        .expect("a resume over the network");
+    let (_a, result) = tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the held query still waits after the resume")
+        .expect("the held query's task");
+    result.expect("the held query succeeds once resumed");
+    // A wrong password pauses nothing and says where it failed.
+    let refused = pgswarm_sidecar::pooler::pause_tasks(
+        "127.0.0.1",
+        pool_port,
+        "postgres",
+        "not-the-password",
+        Duration::from_secs(10),
+    )
+    .await
+    .err()
+    .expect("a pause with a wrong password is refused");
+    assert!(refused.to_string().contains("127.0.0.1"), "{refused}");
 }

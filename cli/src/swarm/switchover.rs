@@ -1,17 +1,21 @@
-//! `switchover`: a planned change of the Patroni leader. Patroni's REST API does it (`POST
-//! /switchover` with the REST credentials, sent by `patronictl` inside a member container, so
-//! the password never leaves it); then this waits until Patroni lists the new leader running
-//! and a write through the router's read-write port commits — the moment clients can write
-//! again — and checks that the status agrees.
+//! `switchover`: a planned change of the Patroni leader, with the pooler's clients held
+//! instead of failing. One `ctl switchover` request, run inside a member's container (the
+//! credentials never leave it) or a one-off task on the cluster's network, pauses every task
+//! of the pooler over the network, asks the leader's Patroni to switch over (`POST
+//! /switchover`), resumes the pooler as soon as a write through the router commits on another
+//! server, and answers how long clients waited (see `pgswarm_sidecar::switchover`). Then this
+//! checks that Patroni's listing agrees. Without `--to`, the candidate is a synchronous
+//! standby, else the streaming replica with the smallest lag.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use pgswarm_contract::ctl::{self, PoolerReply, Request, Target, WriteCheckReply};
+use pgswarm_contract::ctl::{
+    self, Request, SwitchTarget, SwitchoverPlan, SwitchoverReply, Target, WriteCheckReply,
+};
 
 use crate::spec::{Cluster, Service, ServiceKind, Topology};
 
-use super::exec::exec;
 use super::job;
 use super::progress::Progress;
 use super::status::{self, db_view, docker_view, ServiceView};
@@ -36,87 +40,6 @@ pub struct Options {
     pub timeout: Duration,
     /// Pause the pooler (PgBouncer) during the switch, so its clients wait instead of failing.
     pub pause_pooler: bool,
-}
-
-/// A pooler container paused for the switch.
-struct PausedPooler {
-    container: String,
-    port: u16,
-}
-
-/// Pauses the pooler's containers on this node (`ctl pooler-pause`): running transactions
-/// finish, new queries wait in PgBouncer. A pooler on another node cannot be reached from
-/// here: it is named and left running.
-async fn pause_poolers(
-    engine: &Engine,
-    cluster: &Cluster,
-    views: &[ServiceView],
-    max_pause: Duration,
-    progress: &mut Progress,
-) -> anyhow::Result<Vec<PausedPooler>> {
-    let Some(pooler) = cluster.pooler() else {
-        return Ok(Vec::new());
-    };
-    let pgswarm_contract::Role::Pooler { port, .. } = pooler.env.role else {
-        return Ok(Vec::new());
-    };
-    let Some(container) = views
-        .iter()
-        .find(|v| v.member == pooler.name)
-        .and_then(|v| v.container.clone())
-    else {
-        progress.say(&format!(
-            "the pooler {} runs on no container of this node: it is not paused, so its clients              may see errors during the switch (run swarmctl on the pooler's node to avoid them)",
-            pooler.name
-        ));
-        return Ok(Vec::new());
-    };
-    let request = Request::PoolerPause {
-        port,
-        wait_secs: 10,
-        max_pause_secs: max_pause.as_secs().max(30),
-    };
-    let argv = request.argv();
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = exec(engine, &container, &argv).await?;
-    let reply: PoolerReply = ctl::read_reply(out.exit_code, &out.stdout, &out.stderr)
-        .with_context(|| {
-            format!(
-                "cannot pause the pooler {}; nothing was switched",
-                pooler.name
-            )
-        })?;
-    progress.say(&format!(
-        "paused the pooler {} (running transactions finished after {} ms): its clients wait          instead of failing",
-        pooler.name, reply.waited_ms
-    ));
-    Ok(vec![PausedPooler { container, port }])
-}
-
-/// Resumes what [`pause_poolers`] paused; every one is tried before an error is returned.
-async fn resume_poolers(engine: &Engine, paused: &[PausedPooler]) -> anyhow::Result<()> {
-    let mut failed = Vec::new();
-    for p in paused {
-        let argv = Request::PoolerResume { port: p.port }.argv();
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let result = match exec(engine, &p.container, &argv).await {
-            Ok(out) => ctl::read_reply::<PoolerReply>(out.exit_code, &out.stdout, &out.stderr)
-                .map(|_| ())
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            failed.push(format!("{}: {e:#}", p.container));
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        bail!(
-            "cannot resume the pooler ({}); it resumes by itself at the pause's deadline, or run              `pgswarm-sidecar ctl pooler-resume --port PORT` in its container",
-            failed.join("; ")
-        )
-    }
 }
 
 fn group_of(service: &Service) -> Option<u32> {
@@ -158,17 +81,6 @@ pub async fn write_check(
     let reply: WriteCheckReply = ctl::read_reply(out.exit_code, &out.stdout, &out.stderr)
         .with_context(|| format!("the write check through {host}:{port}"))?;
     Ok(reply.server)
-}
-
-/// The member patronictl reports having switched over to (`Successfully switched over to
-/// "pg2"`), if it says so.
-fn switched_to(output: &str) -> Option<String> {
-    let line = output
-        .lines()
-        .find(|l| l.contains("Successfully switched over to"))?;
-    let rest = line.split("Successfully switched over to").nth(1)?.trim();
-    let name = rest.trim_matches(|c: char| c == '"' || c == '\'' || c.is_whitespace());
-    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// Where writes go: the router's read-write port, or the member itself without a router.
@@ -295,7 +207,20 @@ pub async fn switchover(
             );
         }
     }
-    // Ask from the leader's container when it runs here, else from any member of the group.
+    // Without --to, the best candidate: a synchronous standby, else the streaming replica
+    // that has received the most WAL (the smallest lag).
+    let candidate = match target {
+        Some(t) => t.name.clone(),
+        None => best_candidate(&in_group, &db, &leader).ok_or_else(|| {
+            anyhow!(
+                "no member can take over from {leader}: none is a streaming replica{}; see \
+                 `swarmctl status`",
+                group.map_or(String::new(), |g| format!(" in group {g}"))
+            )
+        })?,
+    };
+    // Run from the leader's container when it runs here, else from any member of the group,
+    // else from a one-off task on the cluster's network.
     let container = std::iter::once(leader.as_str())
         .chain(in_group.iter().map(|s| s.name.as_str()))
         .find_map(|m| {
@@ -304,191 +229,120 @@ pub async fn switchover(
                 .find(|v| v.member == m)
                 .and_then(|v| v.container.clone())
         });
-    let paused = if options.pause_pooler {
-        pause_poolers(engine, cluster, &views, timeout, progress).await?
-    } else {
-        Vec::new()
-    };
-    let paused_at = Instant::now();
-    let switched = switch(
-        engine,
-        cluster,
-        &nodes,
-        &in_group,
-        &leader,
-        target,
-        group,
-        container.as_deref(),
-        timeout,
-        progress,
-    )
-    .await;
-    // Resumed whatever happened: a failed switch must not leave clients waiting.
-    let resumed = resume_poolers(engine, &paused).await;
-    let paused_seconds = (!paused.is_empty()).then(|| paused_at.elapsed().as_secs_f64());
-    if let Some(seconds) = paused_seconds {
-        if resumed.is_ok() {
-            progress.say(&format!(
-                "resumed the pooler: its clients waited at most {seconds:.1} s"
-            ));
-        }
-    }
-    let (host, port, server, started) = switched?;
-    resumed?;
-    let seconds = started.elapsed().as_secs_f64();
-    let status = status::read(engine, cluster).await?;
-    let new_leader = status
-        .leaders
+    let rest_port = in_group
         .iter()
-        .find(|l| in_group.iter().any(|s| &&s.name == l))
-        .cloned()
-        .ok_or_else(|| anyhow!("after the switchover, status lists no leader in this group"))?;
-    if new_leader == leader {
-        bail!("after the switchover, status still lists {leader} as the leader");
+        .find_map(|s| match &s.env.role {
+            pgswarm_contract::Role::Patroni { rest_port, .. } => Some(*rest_port),
+            _ => None,
+        })
+        .unwrap_or(pgswarm_contract::defaults::REST_PORT);
+    let (host, port) = write_target(cluster, &candidate);
+    let poolers: Vec<SwitchTarget> = match (options.pause_pooler, cluster.pooler()) {
+        (true, Some(pooler)) => match pooler.env.role {
+            pgswarm_contract::Role::Pooler { port, .. } => vec![SwitchTarget {
+                host: pooler.name.clone(),
+                port,
+            }],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let plan = SwitchoverPlan {
+        leader: leader.clone(),
+        candidate: Some(candidate.clone()),
+        rest_port,
+        members: in_group.iter().map(|s| s.name.clone()).collect(),
+        write: SwitchTarget {
+            host: host.clone(),
+            port,
+        },
+        poolers,
+        pause_wait_secs: PAUSE_WAIT.as_secs(),
+        max_pause_secs: MAX_PAUSE.min(timeout).as_secs().max(1),
+        timeout_secs: timeout.as_secs().max(1),
+    };
+    progress.say(&format!(
+        "switchover: asking Patroni to hand the leader over from {leader} to {candidate}{}",
+        if plan.poolers.is_empty() {
+            String::new()
+        } else {
+            ", the pooler paused meanwhile (its clients wait instead of failing)".into()
+        }
+    ));
+    let started = Instant::now();
+    let argv = Request::Switchover(plan).argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = job::run_ctl(engine, cluster, container.as_deref(), &argv).await?;
+    let reply: SwitchoverReply = ctl::read_reply(out.exit_code, &out.stdout, &out.stderr)
+        .with_context(|| format!("the switchover from {leader} to {candidate}"))?;
+    let paused_seconds = reply.paused_ms.map(|ms| ms as f64 / 1000.0);
+    if let Some(seconds) = paused_seconds {
+        progress.say(&format!(
+            "paused the pooler ({} task{}) and resumed it once writes committed on the new \
+             leader: its clients waited at most {seconds:.2} s",
+            reply.paused_tasks,
+            if reply.paused_tasks == 1 { "" } else { "s" }
+        ));
     }
+    tracing::debug!(patroni = %reply.patroni, "Patroni's answer to the switchover");
+    // Patroni's view must agree: the candidate leads.
+    let deadline = started + timeout;
+    let new_leader = loop {
+        let status = status::read(engine, cluster).await?;
+        let now = status
+            .leaders
+            .iter()
+            .find(|l| in_group.iter().any(|s| &&s.name == l))
+            .cloned();
+        match now {
+            Some(n) if n != leader => break n,
+            _ if Instant::now() >= deadline => bail!(
+                "a write committed on {} after the switchover, but status still lists {} as \
+                 the leader after {} s; see `swarmctl status`",
+                reply.server,
+                now.as_deref().unwrap_or("no member"),
+                timeout.as_secs()
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let seconds = reply.switched_ms as f64 / 1000.0;
     progress.say(&format!(
         "switchover done: leader {leader} -> {new_leader}; a write through {host}:{port} \
-         committed (server {server}) {seconds:.1} s after the request"
+         committed (server {}) {seconds:.2} s after the request",
+        reply.server
     ));
     Ok(Outcome {
         old_leader: leader,
         new_leader,
-        write_server: server,
+        write_server: reply.server,
         seconds,
         paused_seconds,
     })
 }
 
-/// Asks Patroni to switch over, then waits for the new leader and a committed write through
-/// the router: (write host, port, server that took it, when the request was sent).
-#[allow(clippy::too_many_arguments)]
-async fn switch(
-    engine: &Engine,
-    cluster: &Cluster,
-    nodes: &[nodes::NodeView],
+/// How long a pause waits for the pooler's running transactions.
+const PAUSE_WAIT: Duration = Duration::from_secs(10);
+/// How long the pooler holds its clients at most (then they are let go, the switch or not).
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// The member to hand over to when none is named: a synchronous standby, else the streaming
+/// replica with the smallest lag.
+fn best_candidate(
     in_group: &[&Service],
+    db: &std::collections::BTreeMap<String, status::DbView>,
     leader: &str,
-    target: Option<&Service>,
-    group: Option<u32>,
-    container: Option<&str>,
-    timeout: Duration,
-    progress: &mut Progress,
-) -> anyhow::Result<(String, u16, String, Instant)> {
-    let mut args: Vec<String> = vec![
-        "switchover".into(),
-        "--leader".into(),
-        leader.into(),
-        "--force".into(),
-    ];
-    if let Some(t) = target {
-        args.extend(["--candidate".into(), t.name.clone()]);
-    }
-    if let Some(g) = group {
-        args.extend(["--group".into(), g.to_string()]);
-    }
-    // patronictl in a member's container with its patroni.yml, or from a one-off task made
-    // from a member's service when none runs here.
-    let yml = status::patroni_yml(in_group[0]);
-    let argv: Vec<String> = match container.filter(|_| job::local_exec_allowed()) {
-        Some(_) => ["patronictl".to_string(), "-c".into(), yml]
-            .into_iter()
-            .chain(args)
-            .collect(),
-        None => Request::Patronictl { args }.argv(),
-    };
-    let cmd: Vec<&str> = argv.iter().map(String::as_str).collect();
-    progress.say(&format!(
-        "switchover: asking Patroni to hand the leader over from {leader} to {}",
-        target.map_or("the best replica", |t| t.name.as_str())
-    ));
-    let started = Instant::now();
-    let out = job::run_ctl(engine, cluster, container, &cmd)
-        .await?
-        .into_stdout("patronictl switchover")?;
-    for line in out.lines().filter(|l| !l.trim().is_empty()) {
-        tracing::debug!(output = %line, "patronictl switchover");
-    }
-    // patronictl reports a refused request (HTTP 412, 503 ...) on its output and exits 0.
-    if let Some(line) = out
-        .lines()
-        .find(|l| l.to_ascii_lowercase().contains("switchover failed"))
-    {
-        bail!("Patroni refused the switchover: {}", line.trim());
-    }
-
-    let deadline = started + timeout;
-    // Patroni answers once the switch is done and names the new leader: no need to wait
-    // for a listing then (every second counts while the pooler holds its clients).
-    let announced = switched_to(&out).filter(|n| {
-        n != leader && in_group.iter().any(|s| &s.name == n) && target.is_none_or(|t| &t.name == n)
-    });
-    let (host, port) = if let Some(n) = announced {
-        progress.say(&format!("Patroni switched over to {n}"));
-        write_target(cluster, &n)
-    } else {
-        loop {
-            let views = docker_view(engine, cluster, nodes).await?;
-            let now = db_view(engine, cluster, &views).await.ok();
-            let new = now.as_ref().and_then(|db| {
-                in_group
-                    .iter()
-                    .find(|s| {
-                        db.get(&s.name)
-                            .is_some_and(|r| r.role == "leader" && r.state == "running")
-                    })
-                    .map(|s| s.name.clone())
-            });
-            match new {
-                Some(n) if n != leader && target.is_none_or(|t| t.name == n) => {
-                    progress.say(&format!("Patroni lists {n} as the running leader"));
-                    break write_target(cluster, &n);
-                }
-                _ => progress.update("waiting for Patroni to list the new leader"),
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the switchover from {leader} was requested, but Patroni lists no new running \
-                 leader after {} s; see `swarmctl status`",
-                    timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    let mut views = docker_view(engine, cluster, nodes).await?;
-    let server = loop {
-        match write_check(engine, cluster, &views, &host, port).await {
-            Ok(server) => break server,
-            Err(e) => {
-                // A container the check ran in may have gone meanwhile.
-                if let Ok(fresh) = docker_view(engine, cluster, nodes).await {
-                    views = fresh;
-                }
-                if Instant::now() >= deadline {
-                    return Err(e.context(format!(
-                        "the new leader does not take writes through {host}:{port} after {} s",
-                        timeout.as_secs()
-                    )));
-                }
-                progress.update(&format!("waiting for a write through {host}:{port}"));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    Ok((host, port, server, started))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_new_leader_is_read_from_patronictls_answer() {
-        let out = "Current cluster topology\n+ Cluster: demo ...\n\
-                   2026-12-03 14:11:21.12345 Successfully switched over to \"pg2\"\n\
-                   + Cluster: demo ...\n";
-        assert_eq!(switched_to(out), Some("pg2".to_string()));
-        assert_eq!(switched_to("Switchover failed, details: 503, ..."), None);
-        assert_eq!(switched_to(""), None);
-    }
+) -> Option<String> {
+    in_group
+        .iter()
+        .filter(|s| s.name != leader)
+        .filter_map(|s| db.get(&s.name).map(|r| (s, r)))
+        .filter(|(_, r)| r.state == "streaming")
+        .min_by_key(|(_, r)| {
+            let lag_kb = r
+                .lag_mb
+                .map_or(u64::MAX, |mb| (mb.max(0.0) * 1024.0) as u64);
+            (!r.role.contains("standby"), lag_kb)
+        })
+        .map(|(s, _)| s.name.clone())
 }
