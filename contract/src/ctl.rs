@@ -113,6 +113,9 @@ pub struct SwitchoverPlan {
     pub candidate: Option<String>,
     /// Patroni's REST port on the members.
     pub rest_port: u16,
+    /// PostgreSQL's port on the members (the leader is checkpointed there before the pause,
+    /// so the checkpoint Patroni makes while demoting it is short).
+    pub pg_port: u16,
     /// The members of the leader's group (service names), to name the new leader.
     pub members: Vec<String>,
     /// Where writes go: the router's read-write port (or the candidate without a router).

@@ -106,6 +106,32 @@ pub async fn write_once(
         .map_err(|_| anyhow::anyhow!("the write was taken by {server:?}, not a TCP server"))
 }
 
+/// `CHECKPOINT` on `host:port` as the superuser.
+async fn checkpoint(
+    host: &str,
+    port: u16,
+    creds: &Credentials<'_>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user(creds.superuser)
+        .password(creds.superuser_password)
+        .dbname("postgres")
+        .application_name("pgswarm-switchover")
+        .connect_timeout(Duration::from_secs(3));
+    tokio::time::timeout(timeout, async {
+        let client = crate::tls::connect(&config).await?;
+        client.simple_query("CHECKPOINT").await?;
+        Ok::<_, tokio_postgres::Error>(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {} s", timeout.as_secs()))??;
+    Ok(())
+}
+
 /// What Patroni answered to `POST /switchover`.
 type PatroniAnswer = anyhow::Result<(u16, String)>;
 
@@ -138,6 +164,19 @@ pub async fn run(
             .find(|(a, _)| *a == ip)
             .map(|(_, m)| m.clone())
     };
+
+    // 0. A checkpoint now, while clients still run: Patroni's demote starts with one, and
+    // with the pooler paused it would hold them for as long as the dirty buffers take.
+    let started = Instant::now();
+    match checkpoint(&plan.leader, plan.pg_port, creds, timeout).await {
+        Ok(()) => info!(
+            ms = started.elapsed().as_millis() as u64,
+            leader = %plan.leader,
+            "checkpointed the leader before the pause"
+        ),
+        Err(e) => warn!(error = %format!("{e:#}"), leader = %plan.leader,
+            "cannot checkpoint the leader before the pause; Patroni's own checkpoint will be longer"),
+    }
 
     // 1. Pause the pooler.
     let mut paused = Vec::new();

@@ -229,13 +229,21 @@ pub async fn switchover(
                 .find(|v| v.member == m)
                 .and_then(|v| v.container.clone())
         });
-    let rest_port = in_group
+    let (rest_port, pg_port) = in_group
         .iter()
-        .find_map(|s| match &s.env.role {
-            pgswarm_contract::Role::Patroni { rest_port, .. } => Some(*rest_port),
+        .find(|s| s.name == leader)
+        .and_then(|s| match &s.env.role {
+            pgswarm_contract::Role::Patroni {
+                rest_port,
+                postgres,
+                ..
+            } => Some((*rest_port, postgres.port)),
             _ => None,
         })
-        .unwrap_or(pgswarm_contract::defaults::REST_PORT);
+        .unwrap_or((
+            pgswarm_contract::defaults::REST_PORT,
+            pgswarm_contract::defaults::PG_PORT,
+        ));
     let (host, port) = write_target(cluster, &candidate);
     let poolers: Vec<SwitchTarget> = match (options.pause_pooler, cluster.pooler()) {
         (true, Some(pooler)) => match pooler.env.role {
@@ -251,6 +259,7 @@ pub async fn switchover(
         leader: leader.clone(),
         candidate: Some(candidate.clone()),
         rest_port,
+        pg_port,
         members: in_group.iter().map(|s| s.name.clone()).collect(),
         write: SwitchTarget {
             host: host.clone(),
