@@ -106,8 +106,17 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchoverPlan {
-    /// The leader now: its member (and service) name, the host of its REST API.
+    /// The leader now: its member (and service) name, the host of its REST API and
+    /// PostgreSQL unless `leader_host` says otherwise.
     pub leader: String,
+    /// Where the leader's REST API and PostgreSQL answer, when not at its name (the leader's
+    /// own sidecar, whose name Swarm stops resolving once its task is stopping: 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_host: Option<String>,
+    /// The leader's addresses on the cluster's network (a write there is not on a new
+    /// leader); empty: its name is resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leader_addresses: Vec<String>,
     /// The member to hand over to; none: Patroni picks the best one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<String>,

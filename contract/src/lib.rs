@@ -77,6 +77,11 @@ pub mod env {
 
     /// Patroni, router: the etcd client endpoints, `host:port` comma separated.
     pub const ETCD_HOSTS: &str = "PGSWARM_ETCD_HOSTS";
+    /// Where writes go (the router's read-write port, `host:port`): a leader that is asked to
+    /// stop hands over first and waits until writes commit on the new leader there.
+    pub const HANDOVER_WRITE: &str = "PGSWARM_HANDOVER_WRITE";
+    /// The poolers (`host:port` of their service, comma-separated) a leader's handover holds.
+    pub const HANDOVER_POOLERS: &str = "PGSWARM_HANDOVER_POOLERS";
     /// Patroni REST API port.
     pub const REST_PORT: &str = "PGSWARM_REST_PORT";
     /// Patroni leader lock TTL, seconds.
@@ -703,6 +708,18 @@ impl Default for Postgres {
     }
 }
 
+/// What a Patroni leader does before it stops (a `docker service update`, a drain, a
+/// `docker stop`): it hands the leader over to a replica through Patroni's switchover, with
+/// the poolers paused, and waits until writes through `write` commit on the new leader, so
+/// that clients of the pooler wait instead of failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// The router's read-write port.
+    pub write: Endpoint,
+    /// The poolers' admin consoles (service name and port; every task is paused).
+    pub poolers: Vec<Endpoint>,
+}
+
 /// Citus membership of a Patroni member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Citus {
@@ -733,6 +750,8 @@ pub enum Role {
         maximum_lag_on_failover: u64,
         synchronous_mode: SynchronousMode,
         citus: Option<Citus>,
+        /// Hand over before stopping (none: stop as Patroni does, releasing the key).
+        handover: Option<Handover>,
     },
     Etcd {
         initial_cluster: Vec<EtcdPeer>,
@@ -907,9 +926,16 @@ impl MemberEnv {
                 maximum_lag_on_failover,
                 synchronous_mode,
                 citus,
+                handover,
             } => {
                 push_pg(&mut out, postgres);
                 out.push((env::ETCD_HOSTS, join(etcd_hosts)));
+                if let Some(h) = handover {
+                    out.push((env::HANDOVER_WRITE, h.write.to_string()));
+                    if !h.poolers.is_empty() {
+                        out.push((env::HANDOVER_POOLERS, join(&h.poolers)));
+                    }
+                }
                 out.push((env::REST_PORT, rest_port.to_string()));
                 out.push((env::TTL, ttl.to_string()));
                 out.push((env::LOOP_WAIT, loop_wait.to_string()));
@@ -1131,7 +1157,19 @@ impl MemberEnv {
                             .unwrap_or(defaults::CITUS_DATABASE.into()),
                     }),
                 };
+                let handover = match r.get(env::HANDOVER_WRITE) {
+                    None => None,
+                    Some(w) => Some(Handover {
+                        write: Endpoint::parse(env::HANDOVER_WRITE, &w)?,
+                        poolers: r
+                            .list(env::HANDOVER_POOLERS)
+                            .iter()
+                            .map(|s| Endpoint::parse(env::HANDOVER_POOLERS, s))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    }),
+                };
                 Role::Patroni {
+                    handover,
                     postgres: postgres()?,
                     etcd_hosts,
                     rest_port: r.parsed(env::REST_PORT, defaults::REST_PORT)?,
@@ -1351,6 +1389,16 @@ mod tests {
                 citus: Some(Citus {
                     group: 2,
                     database: "citus".into(),
+                }),
+                handover: Some(Handover {
+                    write: Endpoint {
+                        host: "tasks.router".into(),
+                        port: 5000,
+                    },
+                    poolers: vec![Endpoint {
+                        host: "pooler".into(),
+                        port: 6432,
+                    }],
                 }),
             },
         }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -198,6 +199,8 @@ pub struct PatroniSpec<'a> {
     pub maximum_lag_on_failover: u64,
     pub synchronous_mode: SynchronousMode,
     pub citus: Option<&'a Citus>,
+    /// Hand the leader over before stopping.
+    pub handover: Option<&'a pgswarm_contract::Handover>,
 }
 
 /// Facts about this host the configuration depends on, found by the caller.
@@ -696,6 +699,7 @@ impl<'a> PatroniSpec<'a> {
             maximum_lag_on_failover,
             synchronous_mode,
             citus,
+            handover,
         } = role
         else {
             return None;
@@ -710,6 +714,7 @@ impl<'a> PatroniSpec<'a> {
             maximum_lag_on_failover: *maximum_lag_on_failover,
             synchronous_mode: *synchronous_mode,
             citus: citus.as_ref(),
+            handover: handover.as_ref(),
         })
     }
 }
@@ -907,12 +912,110 @@ pub async fn run(member: &MemberEnv, secrets: &Secrets) -> anyhow::Result<i32> {
         crate::objects::spawn_for_member(common, spec.postgres.port, secrets)?;
     }
     crate::backup::start_member(common, spec.postgres, secrets)?;
+    if let Some(handover) = spec.handover {
+        HANDOVER_PENDING.store(true, Ordering::SeqCst);
+        tokio::spawn(hand_over_on_stop(
+            common.clone(),
+            http::local_host(&spec.postgres.listen_address).to_string(),
+            host.current_address.clone(),
+            spec.postgres.port,
+            spec.rest_port,
+            handover.clone(),
+            credentials.clone(),
+        ));
+    }
     let child = patroni_child(common, &path).hold_stop(supervise::HoldStop {
-        what: "pg_rewind",
-        busy: || supervise::descendant_running("pg_rewind"),
+        what: "pg_rewind or the leader's handover",
+        busy: || {
+            HANDOVER_PENDING.load(Ordering::SeqCst) || supervise::descendant_running("pg_rewind")
+        },
         max: REWIND_STOP_WAIT,
     });
     supervise::supervise(child, std::future::pending()).await
+}
+
+/// Set while a stop request must wait for [`hand_over_on_stop`].
+static HANDOVER_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// How long a leader's handover may hold its stop, at most (well below the members' stop
+/// grace period of 60 s; Docker kills the container at its end).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// When the sidecar is asked to stop while this member leads, hands the leader over first:
+/// Patroni's switchover to the best replica (Patroni picks it: a synchronous standby in
+/// synchronous mode), with the pooler paused until writes through the router commit on the
+/// new leader, so clients of the pooler wait instead of failing. Patroni is stopped only
+/// then (the stop request is held meanwhile). When no replica can take over, Patroni
+/// refuses at once, and the member stops as it would have (releasing the leader key).
+async fn hand_over_on_stop(
+    common: Common,
+    local: String,
+    address: Option<String>,
+    pg_port: u16,
+    rest_port: u16,
+    handover: pgswarm_contract::Handover,
+    credentials: PatroniCredentials,
+) {
+    /// Lets the held stop go however this ends.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            HANDOVER_PENDING.store(false, Ordering::SeqCst);
+        }
+    }
+    let _done = Done;
+    supervise::stopped().await;
+    let leads = matches!(
+        http::get(&local, rest_port, "/primary", Duration::from_secs(1)).await,
+        Ok((200, _))
+    );
+    if !leads {
+        return;
+    }
+    info!("asked to stop while leading: handing the leader over first");
+    let plan = pgswarm_contract::ctl::SwitchoverPlan {
+        leader: common.member.clone(),
+        leader_host: Some(local.clone()),
+        leader_addresses: address.into_iter().collect(),
+        candidate: None,
+        rest_port,
+        pg_port,
+        members: Vec::new(),
+        write: pgswarm_contract::ctl::SwitchTarget {
+            host: handover.write.host.clone(),
+            port: handover.write.port,
+        },
+        poolers: handover
+            .poolers
+            .iter()
+            .map(|p| pgswarm_contract::ctl::SwitchTarget {
+                host: p.host.clone(),
+                port: p.port,
+            })
+            .collect(),
+        pause_wait_secs: 5,
+        max_pause_secs: 10,
+        timeout_secs: HANDOVER_TIMEOUT.as_secs(),
+    };
+    let creds = crate::switchover::Credentials {
+        superuser: &common.superuser,
+        superuser_password: &credentials.superuser_password,
+        rest_user: &common.rest_user,
+        rest_password: &credentials.rest_password,
+    };
+    match tokio::time::timeout(HANDOVER_TIMEOUT, crate::switchover::run(&plan, &creds)).await {
+        Ok(Ok(reply)) => info!(
+            server = %reply.server,
+            paused_ms = ?reply.paused_ms,
+            "handed the leader over before stopping"
+        ),
+        Ok(Err(e)) => warn!(error = %e, "cannot hand the leader over; stopping anyway (Patroni \
+            releases the leader key as it stops)"),
+        Err(_) => warn!(
+            timeout_s = HANDOVER_TIMEOUT.as_secs(),
+            "the handover did not finish in time; stopping anyway"
+        ),
+    }
 }
 
 /// How long a stop request waits for a `pg_rewind` under way: below the members' stop grace
@@ -1138,6 +1241,7 @@ mod tests {
             maximum_lag_on_failover: 1_048_576,
             synchronous_mode: SynchronousMode::Off,
             citus: None,
+            handover: None,
         }
     }
 

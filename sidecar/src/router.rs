@@ -273,7 +273,11 @@ pub async fn run(member: &MemberEnv, templates: &Templates) -> anyhow::Result<i3
     if config.ro_fallback {
         backends.push("ro_primary".into());
     }
-    tokio::spawn(one_leader(config.admin_socket.clone(), backends));
+    tokio::spawn(one_leader(
+        config.admin_socket.clone(),
+        backends,
+        config.rest_port,
+    ));
     supervise::supervise(child, std::future::pending()).await
 }
 
@@ -290,7 +294,7 @@ const STATE_EVERY: Duration = Duration::from_millis(100);
 /// down`), closing its sessions, instead of staying up until `fall` of its checks have failed
 /// (seconds for a killed container whose address no longer answers). Marking a server down
 /// is always safe: its next successful check brings it back. No server is ever forced up.
-async fn one_leader(socket: String, backends: Vec<String>) {
+async fn one_leader(socket: String, backends: Vec<String>, rest_port: u16) {
     let mut current: BTreeMap<String, String> = BTreeMap::new();
     let mut last_error = String::new();
     loop {
@@ -309,7 +313,29 @@ async fn one_leader(socket: String, backends: Vec<String>) {
         let up = servers_up(&stat);
         for backend in &backends {
             let now_up = up.get(backend).cloned().unwrap_or_default();
-            let (leader, stale) = stale_leader(current.get(backend).map(String::as_str), &now_up);
+            let (mut leader, mut stale) =
+                stale_leader(current.get(backend).map(String::as_str), &now_up);
+            // A newcomer is trusted only once Patroni says it leads: HAProxy also brings a
+            // server up without any check when its name resolves again (a member's task
+            // replaced), and that one may well be a replica.
+            if let (Some(new), Some(old)) = (leader.clone(), stale.clone()) {
+                let leads = matches!(
+                    crate::http::get(&new, rest_port, "/primary", Duration::from_secs(1)).await,
+                    Ok((200, _))
+                );
+                if !leads {
+                    let command = format!("set server {backend}/{new} health down");
+                    match admin_command(&socket, &command).await {
+                        Ok(_) => info!(backend = %backend, server = %new, leader = %old,
+                            "a server came up beside the leader without leading: marked down"),
+                        Err(e) => {
+                            warn!(error = %format!("{e:#}"), %command, "cannot mark a server down")
+                        }
+                    }
+                    leader = Some(old);
+                    stale = None;
+                }
+            }
             if let Some(old) = stale {
                 let command = format!("set server {backend}/{old} health down");
                 match admin_command(&socket, &command).await {

@@ -141,7 +141,15 @@ pub async fn run(
     creds: &Credentials<'_>,
 ) -> Result<SwitchoverReply, CtlError> {
     let timeout = Duration::from_secs(plan.timeout_secs.max(1));
-    let old = addresses(&plan.leader).await;
+    let leader_host = plan.leader_host.as_deref().unwrap_or(&plan.leader);
+    let old: Vec<IpAddr> = if plan.leader_addresses.is_empty() {
+        addresses(&plan.leader).await
+    } else {
+        plan.leader_addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    };
     if old.is_empty() {
         return Err(CtlError::new(
             ErrorKind::Unreachable,
@@ -168,7 +176,7 @@ pub async fn run(
     // 0. A checkpoint now, while clients still run: Patroni's demote starts with one, and
     // with the pooler paused it would hold them for as long as the dirty buffers take.
     let started = Instant::now();
-    match checkpoint(&plan.leader, plan.pg_port, creds, timeout).await {
+    match checkpoint(leader_host, plan.pg_port, creds, timeout).await {
         Ok(()) => info!(
             ms = started.elapsed().as_millis() as u64,
             leader = %plan.leader,
@@ -221,7 +229,7 @@ pub async fn run(
     }
     .to_string();
     {
-        let (host, port) = (plan.leader.clone(), plan.rest_port);
+        let (host, port) = (leader_host.to_string(), plan.rest_port);
         let (user, password) = (creds.rest_user.to_string(), creds.rest_password.to_string());
         let body = body.clone();
         patroni.spawn(async move {

@@ -198,6 +198,7 @@ async fn archives_backs_up_and_restores_to_a_point_in_time_over_tls() {
             maximum_lag_on_failover: 1_048_576,
             synchronous_mode: SynchronousMode::Off,
             citus: None,
+            handover: None,
         },
     };
     let mut repo_common = dir.common("demo", "backup");

@@ -121,6 +121,7 @@ fn patroni_env(dir: &TestDir, ports: &Ports, i: usize) -> MemberEnv {
             maximum_lag_on_failover: 1_048_576,
             synchronous_mode: SynchronousMode::On,
             citus: None,
+            handover: None,
         },
     }
 }

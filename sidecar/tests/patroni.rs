@@ -114,6 +114,7 @@ fn patroni_env(dir: &TestDir, ports: &Ports, i: usize) -> MemberEnv {
             maximum_lag_on_failover: 1_048_576,
             synchronous_mode: SynchronousMode::Off,
             citus: None,
+            handover: None,
         },
     }
 }

@@ -41,6 +41,7 @@ fn patroni_member(dir: &TestDir, name: &str, etcd_port: u16) -> MemberEnv {
             maximum_lag_on_failover: 1_048_576,
             synchronous_mode: SynchronousMode::Off,
             citus: None,
+            handover: None,
         },
     }
 }

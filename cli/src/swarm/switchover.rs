@@ -257,6 +257,8 @@ pub async fn switchover(
     };
     let plan = SwitchoverPlan {
         leader: leader.clone(),
+        leader_host: None,
+        leader_addresses: Vec::new(),
         candidate: Some(candidate.clone()),
         rest_port,
         pg_port,

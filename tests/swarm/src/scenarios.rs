@@ -1099,6 +1099,67 @@ pub async fn switchover_through_pooler(
     Ok(report)
 }
 
+/// `docker service update --force` of the leader's service (what a new image or a changed
+/// setting does) under write load through the pooler: the leader's sidecar hands over to a
+/// replica with the pooler paused before its container stops, so the pooler's clients wait
+/// instead of failing; nothing acknowledged is lost, no data directory is wiped, never two
+/// primaries. The write gap is how long they waited.
+pub async fn update_leader_through_pooler(
+    cluster: &PatroniCluster,
+    table: &str,
+) -> Result<DisruptionReport> {
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let before = identities(cluster).await?;
+    let old_leader = cluster.leader().await?;
+    let container = cluster
+        .dep
+        .container(&old_leader)
+        .await?
+        .ok_or_else(|| anyhow!("the leader {old_leader} has no running container"))?;
+    let probe =
+        WriteProbe::start_patient(cluster.pooler.clone(), table, Duration::from_secs(30)).await?;
+    tokio::time::sleep(BASELINE).await;
+    let service = cluster.dep.service_name(&old_leader);
+    info!(leader = %old_leader, "docker service update --force of the leader (through the pooler)");
+    let started = Instant::now();
+    docker_async(&["service", "update", "--force", "--detach", &service]).await?;
+    wait_until(
+        &format!("{old_leader} healthy in a new container"),
+        RECOVERY_TIMEOUT,
+        || replaced_and_healthy(cluster, &old_leader, &container),
+    )
+    .await?;
+    let leader_after = started.elapsed();
+    cluster.wait_ready(RECOVERY_TIMEOUT).await?;
+    let settled_after = started.elapsed();
+    let new_leader = cluster.leader().await?;
+    let (log, missing) = finish_probe(cluster, probe, table).await?;
+    ensure_not_reinitialised(cluster, &before).await?;
+    ensure_single_primary(cluster).await?;
+    let report = DisruptionReport {
+        what: "forced update of the leader's service, through the pooler".into(),
+        failed_over: new_leader != old_leader,
+        old_leader,
+        new_leader,
+        write_gap: log.gap_after(started),
+        client_errors: log.errors_after(started),
+        acknowledged: log.acks.len(),
+        lost: missing.len(),
+        leader_after: Some(leader_after),
+        settled_after,
+        errors: log.error_summary(),
+    };
+    info!(%report, "forced update of the leader through the pooler measured");
+    ensure!(
+        missing.is_empty(),
+        "{} acknowledged commits are missing after a forced update of the leader (first ids: \
+         {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    Ok(report)
+}
+
 /// Scenario 4, restart safety: `docker service update --force` on each data member in turn, under
 /// write load. After each, the member is back (streaming or leading) in a new container with
 /// the same data; nothing acknowledged is lost; writes go on through the router.

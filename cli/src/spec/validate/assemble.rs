@@ -252,6 +252,10 @@ pub(super) fn build(ctx: &mut Ctx, raw: &RawSpec) -> Option<Cluster> {
         ));
     }
 
+    if uses_patroni && router_enabled {
+        add_handover(&mut services, router_rw);
+    }
+
     if let Some(plan) = &backup {
         let members: Vec<String> = services
             .iter()
@@ -536,6 +540,39 @@ pub(super) fn published(
             mode,
         })
         .collect()
+}
+
+/// Every Patroni member whose leader serves the router's read-write port (all of them, or
+/// Citus's coordinator group) hands over before it stops: to writes through the router, with
+/// the pooler paused when there is one. Citus workers do not: the worker port balances over
+/// every group's primary, so a write there does not tell one group's new leader.
+fn add_handover(services: &mut [Service], router_rw: u16) {
+    let poolers: Vec<Endpoint> = services
+        .iter()
+        .filter_map(|s| match &s.env.role {
+            Role::Pooler { port, .. } => Some(Endpoint {
+                host: s.name.clone(),
+                port: *port,
+            }),
+            _ => None,
+        })
+        .collect();
+    for service in services.iter_mut() {
+        if let Role::Patroni {
+            citus, handover, ..
+        } = &mut service.env.role
+        {
+            if citus.as_ref().is_none_or(|c| c.group == 0) {
+                *handover = Some(Handover {
+                    write: Endpoint {
+                        host: format!("tasks.{ROUTER_SERVICE}"),
+                        port: router_rw,
+                    },
+                    poolers: poolers.clone(),
+                });
+            }
+        }
+    }
 }
 
 pub(super) fn contract_sync(sync: SyncMode) -> SynchronousMode {

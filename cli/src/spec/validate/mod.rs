@@ -32,7 +32,7 @@ use super::model::*;
 use super::raw::*;
 use crate::placement::{self, Placement};
 use pgswarm_contract::{
-    defaults, Citus, Common, Endpoint, EtcdPeer, MemberEnv, PoolMode, Postgres, Role,
+    defaults, Citus, Common, Endpoint, EtcdPeer, Handover, MemberEnv, PoolMode, Postgres, Role,
     SynchronousMode,
 };
 use std::collections::BTreeMap;
@@ -153,6 +153,8 @@ impl Shared {
             maximum_lag_on_failover: self.timing.maximum_lag_on_failover,
             synchronous_mode: contract_sync(sync),
             citus,
+            // Set once the router and pooler are known (`assemble::add_handover`).
+            handover: None,
         }
     }
 }

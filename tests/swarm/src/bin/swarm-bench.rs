@@ -43,6 +43,9 @@ enum Scenario {
     Switchover,
     /// `swarmctl switchover`, PgBouncer paused meanwhile, writes through the pooler.
     SwitchoverPooler,
+    /// `docker service update --force` of the leader's service, writes through the pooler
+    /// (the leader hands over before it stops).
+    UpdatePooler,
     /// Multi-node: every process of the leader's node SIGKILLed, then the node restarted.
     NodeLoss,
     /// Multi-node: the leader's node cut off (processes alive), then reconnected.
@@ -64,6 +67,7 @@ impl Scenario {
             Scenario::Postmaster => "postmaster",
             Scenario::Switchover => "switchover",
             Scenario::SwitchoverPooler => "switchover-pooler",
+            Scenario::UpdatePooler => "update-pooler",
             Scenario::NodeLoss => "node-loss",
             Scenario::Partition => "partition",
             Scenario::Freeze => "freeze",
@@ -217,6 +221,7 @@ async fn trial(
         Scenario::Postmaster => scenarios::postmaster_crash(cluster, table).await,
         Scenario::Switchover => scenarios::switchover(cluster, table).await,
         Scenario::SwitchoverPooler => scenarios::switchover_through_pooler(cluster, table).await,
+        Scenario::UpdatePooler => scenarios::update_leader_through_pooler(cluster, table).await,
         other => bail!("--scenario {} needs --nodes 3", other.name()),
     }
 }
