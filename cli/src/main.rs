@@ -141,15 +141,18 @@ enum Command {
     },
     /// Hand the Patroni leader over to another member (planned, no data loss).
     #[command(
-        after_help = "Returns once the new leader takes writes through the router's read-write \
-                      port.\n\nExamples:\n  swarmctl switchover -f demo.yml\n  \
+        after_help = "Pauses every task of the pooler, asks Patroni to switch over, and resumes \
+                      the pooler as soon as a write through the router's read-write port commits \
+                      on the new leader: the pooler's clients wait instead of failing. Returns \
+                      once Patroni lists the new leader.\n\nExamples:\n  swarmctl switchover -f demo.yml\n  \
                       swarmctl switchover -f demo.yml --to pg2"
     )]
     Switchover {
         /// The spec file, or `-` for standard input (default: the cluster of `swarmctl up`).
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
-        /// The member to become leader (default: the best replica, chosen by Patroni).
+        /// The member to become leader (default: a synchronous standby, else the streaming
+        /// replica with the smallest lag).
         #[arg(long, value_name = "MEMBER")]
         to: Option<String>,
         /// Seconds to wait for the new leader.

@@ -520,6 +520,40 @@ mod tests {
     }
 
     #[test]
+    fn a_switchover_plan_travels_as_json_in_its_argument() {
+        let plan = SwitchoverPlan {
+            leader: "pg1".into(),
+            leader_host: None,
+            leader_addresses: Vec::new(),
+            candidate: Some("pg2".into()),
+            rest_port: 8008,
+            pg_port: 5432,
+            members: vec!["pg1".into(), "pg2".into()],
+            write: SwitchTarget {
+                host: "tasks.router".into(),
+                port: 5000,
+            },
+            poolers: vec![SwitchTarget {
+                host: "pooler".into(),
+                port: 6432,
+            }],
+            pause_wait_secs: 10,
+            max_pause_secs: 30,
+            timeout_secs: 120,
+        };
+        let argv = Request::Switchover(plan.clone()).argv();
+        assert_eq!(&argv[1..4], ["ctl", "switchover", "--plan"]);
+        let back: SwitchoverPlan = serde_json::from_str(&argv[4]).expect("the plan's JSON");
+        assert_eq!(back, plan);
+        // Fields left out are omitted, and an unknown one is refused.
+        assert!(!argv[4].contains("leader_host"));
+        assert!(serde_json::from_str::<SwitchoverPlan>(
+            &argv[4].replace("\"pg_port\"", "\"pgport\"")
+        )
+        .is_err());
+    }
+
+    #[test]
     fn a_quorum_is_a_majority_seeing_a_leader() {
         let member = |name: &str, has_leader: bool| EtcdMemberStatus {
             name: name.into(),

@@ -941,6 +941,18 @@ fn router_grace_verdict(error: anyhow::Error, unreachable_for_s: u64) -> anyhow:
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_paused_task_is_found_again_by_its_name_and_address() {
+        assert_eq!(
+            split_at("pooler (10.0.1.7):6432"),
+            ("pooler".to_string(), Some("10.0.1.7".parse().unwrap()))
+        );
+        assert_eq!(
+            split_at("127.0.0.1:6432"),
+            ("127.0.0.1:6432".to_string(), None)
+        );
+    }
+
     fn role() -> Role {
         Role::Pooler {
             target: Endpoint {

@@ -244,7 +244,12 @@ pub async fn switchover(
             pgswarm_contract::defaults::REST_PORT,
             pgswarm_contract::defaults::PG_PORT,
         ));
-    let (host, port) = write_target(cluster, &candidate);
+    // A Citus worker group's new leader is not behind the router's read-write port (the
+    // coordinator is): its write goes to the candidate itself.
+    let (host, port) = match group {
+        Some(g) if g != 0 => (candidate.clone(), pg_port),
+        _ => write_target(cluster, &candidate),
+    };
     let poolers: Vec<SwitchTarget> = match (options.pause_pooler, cluster.pooler()) {
         (true, Some(pooler)) => match pooler.env.role {
             pgswarm_contract::Role::Pooler { port, .. } => vec![SwitchTarget {
@@ -356,4 +361,52 @@ fn best_candidate(
             (!r.role.contains("standby"), lag_kb)
         })
         .map(|(s, _)| s.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn member(role: &str, state: &str, lag_mb: Option<f64>) -> status::DbView {
+        status::DbView {
+            role: role.into(),
+            state: state.into(),
+            lag_mb,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_best_candidate_is_a_synchronous_standby_else_the_least_lagging_streaming_replica() {
+        let cluster = crate::spec::parse("name: demo\ntopology: patroni\n")
+            .expect("a valid spec")
+            .cluster;
+        let group: Vec<&Service> = cluster.data_members().collect();
+        let names: Vec<String> = group.iter().map(|s| s.name.clone()).collect();
+        let (leader, a, b) = (&names[0], &names[1], &names[2]);
+        let db = |views: [(&String, status::DbView); 3]| -> BTreeMap<String, status::DbView> {
+            views.into_iter().map(|(n, v)| (n.clone(), v)).collect()
+        };
+        // The synchronous standby wins over a replica with less lag.
+        let view = db([
+            (leader, member("leader", "running", None)),
+            (a, member("replica", "streaming", Some(0.0))),
+            (b, member("sync standby", "streaming", Some(2.0))),
+        ]);
+        assert_eq!(best_candidate(&group, &view, leader), Some(b.clone()));
+        // Without one, the smallest lag; a replica that does not stream is never picked.
+        let view = db([
+            (leader, member("leader", "running", None)),
+            (a, member("replica", "streaming", Some(3.0))),
+            (b, member("replica", "streaming", Some(1.0))),
+        ]);
+        assert_eq!(best_candidate(&group, &view, leader), Some(b.clone()));
+        let view = db([
+            (leader, member("leader", "running", None)),
+            (a, member("replica", "stopped", Some(0.0))),
+            (b, member("replica", "starting", None)),
+        ]);
+        assert_eq!(best_candidate(&group, &view, leader), None);
+    }
 }

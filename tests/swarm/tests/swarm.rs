@@ -30,7 +30,8 @@ async fn replication_stack_streams_like_seed_003() -> anyhow::Result<()> {
 
 /// Scenario 2: one leader and streaming replicas; the router's read-write port and PgBouncer
 /// reach the leader, the read-only port a replica. Then a `swarmctl switchover` under write
-/// load through PgBouncer: no client error, nothing lost.
+/// load through PgBouncer, and a forced update of the leader's service: no client error,
+/// nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patroni_stack_routes_writes_to_the_leader() -> anyhow::Result<()> {
     init_logging();
@@ -54,6 +55,16 @@ async fn patroni_stack_routes_writes_to_the_leader() -> anyhow::Result<()> {
     anyhow::ensure!(
         report.client_errors == 0,
         "clients of the paused pooler saw {} errors during the switchover: {:?}",
+        report.client_errors,
+        report.errors
+    );
+    // And a rolling update of the leader's service: its sidecar hands over (the pooler
+    // paused) before the container stops, so the pooler's clients again see no error.
+    let report = scenarios::update_leader_through_pooler(&cluster, "pooler_update").await?;
+    eprintln!("{report}");
+    anyhow::ensure!(
+        report.client_errors == 0,
+        "clients of the pooler saw {} errors while the leader's service was updated: {:?}",
         report.client_errors,
         report.errors
     );
