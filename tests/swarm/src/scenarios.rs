@@ -780,12 +780,27 @@ pub async fn etcd_volume_lost(cluster: &PatroniCluster, key: &str) -> Result<()>
     )
     .await?;
     // With the member gone, doctor (asking from a one-off task, as a manager that runs no
-    // member does) names it and says the quorum holds without it.
-    let line = doctor_etcd_line(cluster, true).await?;
-    ensure!(
-        line.contains("warn") && line.contains("quorum held by 2 of 3") && line.contains(key),
-        "doctor with {key} stopped: {line}"
-    );
+    // member does) names it and says the quorum holds without it — once the two left have
+    // elected a leader, should the stopped one have led (etcd's election takes a moment,
+    // during which a member answers /health without a leader).
+    wait_until(
+        &format!("doctor to report the quorum held without {key}"),
+        RECOVERY_TIMEOUT,
+        || async {
+            let line = doctor_etcd_line(cluster, true).await?;
+            Ok(
+                if line.contains("warn")
+                    && line.contains("quorum held by 2 of 3")
+                    && line.contains(key)
+                {
+                    Check::Done
+                } else {
+                    Check::Pending(format!("doctor with {key} stopped: {line}"))
+                },
+            )
+        },
+    )
+    .await?;
     crate::docker::docker_each_node_async(&["volume", "rm", "-f", &volume]).await?;
     let still = crate::docker::docker_each_node_async(&[
         "volume",
