@@ -125,13 +125,11 @@ pub struct SwitchoverPlan {
     /// PostgreSQL's port on the members (the leader is checkpointed there before the pause,
     /// so the checkpoint Patroni makes while demoting it is short).
     pub pg_port: u16,
-    /// The members of the leader's group (service names), to name the new leader.
-    pub members: Vec<String>,
     /// Where writes go: the router's read-write port (or the candidate without a router).
-    pub write: SwitchTarget,
+    pub write: crate::Endpoint,
     /// The poolers to hold meanwhile (service name and port; every task of each is paused).
     #[serde(default)]
-    pub poolers: Vec<SwitchTarget>,
+    pub poolers: Vec<crate::Endpoint>,
     /// Seconds a pause waits for the running transactions before it gives up.
     pub pause_wait_secs: u64,
     /// Seconds the pooler is held at most: the clients are let go then even if no write has
@@ -141,21 +139,11 @@ pub struct SwitchoverPlan {
     pub timeout_secs: u64,
 }
 
-/// A host and port of [`SwitchoverPlan`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SwitchTarget {
-    pub host: String,
-    pub port: u16,
-}
-
 /// What `switchover` answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchoverReply {
     pub old_leader: String,
-    /// The member whose address took the write, when it is one of the plan's members.
-    pub new_leader: Option<String>,
     /// Address of the server that took the first write.
     pub server: String,
     /// Milliseconds the pooler held its clients (none: no pooler was paused).
@@ -528,12 +516,11 @@ mod tests {
             candidate: Some("pg2".into()),
             rest_port: 8008,
             pg_port: 5432,
-            members: vec!["pg1".into(), "pg2".into()],
-            write: SwitchTarget {
+            write: crate::Endpoint {
                 host: "tasks.router".into(),
                 port: 5000,
             },
-            poolers: vec![SwitchTarget {
+            poolers: vec![crate::Endpoint {
                 host: "pooler".into(),
                 port: 6432,
             }],

@@ -511,7 +511,10 @@ pub enum ContractError {
 }
 
 /// A `host:port` endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,

@@ -980,19 +980,8 @@ async fn hand_over_on_stop(
         candidate: None,
         rest_port,
         pg_port,
-        members: Vec::new(),
-        write: pgswarm_contract::ctl::SwitchTarget {
-            host: handover.write.host.clone(),
-            port: handover.write.port,
-        },
-        poolers: handover
-            .poolers
-            .iter()
-            .map(|p| pgswarm_contract::ctl::SwitchTarget {
-                host: p.host.clone(),
-                port: p.port,
-            })
-            .collect(),
+        write: handover.write,
+        poolers: handover.poolers,
         pause_wait_secs: 5,
         max_pause_secs: 10,
         timeout_secs: HANDOVER_TIMEOUT.as_secs(),

@@ -656,9 +656,22 @@ pub async fn resume(common: &Common, port: u16, password: &str) -> Result<bool, 
 /// One pooler task paused over the network by [`pause_tasks`]: the admin connection that
 /// paused it stays open to resume it.
 pub struct PausedTask {
-    /// `host (address):port`, for messages.
-    pub at: String,
+    /// The pooler's service name (for TLS and messages), the task's address, the port.
+    host: String,
+    addr: std::net::IpAddr,
+    port: u16,
     client: tokio_postgres::Client,
+}
+
+impl std::fmt::Display for PausedTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", task_name(&self.host, self.addr, self.port))
+    }
+}
+
+/// `host (addr):port`, how a pooler task is named in messages.
+fn task_name(host: &str, addr: std::net::IpAddr, port: u16) -> String {
+    format!("{host} ({addr}):{port}")
 }
 
 /// Every address `host` resolves to (all the tasks of a pooler service, through
@@ -698,7 +711,9 @@ pub async fn pause_tasks(
     for addr in addrs {
         let client = admin_client_at(host, Some(addr), port, user, password).await?;
         clients.push(PausedTask {
-            at: format!("{host} ({addr}):{port}"),
+            host: host.to_string(),
+            addr,
+            port,
             client,
         });
     }
@@ -714,12 +729,12 @@ pub async fn pause_tasks(
     let results = futures_util::future::join_all(pauses).await;
     if let Some(pos) = results.iter().position(|r| r.is_err()) {
         // A PAUSE still waiting is cancelled with its connection: RESUME from a fresh one.
-        let _ = resume_tasks(&clients, user, password, port).await;
+        let _ = resume_tasks(&clients, user, password).await;
         let e = results.into_iter().nth(pos).and_then(Result::err);
         return Err(match e {
             Some(AdminError::Command { command, reason }) => AdminError::Command {
                 command,
-                reason: format!("{} ({reason})", clients[pos].at),
+                reason: format!("{} ({reason})", clients[pos]),
             },
             Some(e) => e,
             None => AdminError::PauseTimeout {
@@ -736,7 +751,6 @@ pub async fn resume_tasks(
     tasks: &[PausedTask],
     user: &str,
     password: &str,
-    port: u16,
 ) -> Result<(), AdminError> {
     let resumes = tasks.iter().map(|task| async move {
         let on = async {
@@ -747,8 +761,8 @@ pub async fn resume_tasks(
             Ok(Ok(())) => Ok(()),
             // The paused connection broke: resume from a new one.
             _ => {
-                let (host, addr) = split_at(&task.at);
-                let client = admin_client_at(&host, addr, port, user, password).await?;
+                let client =
+                    admin_client_at(&task.host, Some(task.addr), task.port, user, password).await?;
                 admin_command(&client, "RECONNECT").await?;
                 admin_command(&client, "RESUME").await
             }
@@ -756,16 +770,6 @@ pub async fn resume_tasks(
     });
     let results = futures_util::future::join_all(resumes).await;
     results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
-}
-
-/// `host` and address back from a [`PausedTask::at`] (`host (addr):port`).
-fn split_at(at: &str) -> (String, Option<std::net::IpAddr>) {
-    let host = at.split(" (").next().unwrap_or(at).to_string();
-    let addr = at
-        .split_once(" (")
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .and_then(|(addr, _)| addr.parse().ok());
-    (host, addr)
 }
 
 /// How long a pause that no file records (made over the network by a switchover whose
@@ -942,14 +946,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_paused_task_is_found_again_by_its_name_and_address() {
+    fn a_paused_task_is_named_by_service_address_and_port() {
         assert_eq!(
-            split_at("pooler (10.0.1.7):6432"),
-            ("pooler".to_string(), Some("10.0.1.7".parse().unwrap()))
-        );
-        assert_eq!(
-            split_at("127.0.0.1:6432"),
-            ("127.0.0.1:6432".to_string(), None)
+            task_name("pooler", "10.0.1.7".parse().unwrap(), 6432),
+            "pooler (10.0.1.7):6432"
         );
     }
 

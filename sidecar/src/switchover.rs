@@ -17,7 +17,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use pgswarm_contract::ctl::{CtlError, ErrorKind, SwitchTarget, SwitchoverPlan, SwitchoverReply};
+use pgswarm_contract::ctl::{CtlError, ErrorKind, SwitchoverPlan, SwitchoverReply};
+use pgswarm_contract::Endpoint;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -55,20 +56,24 @@ fn statement(message: String) -> CtlError {
     CtlError::new(ErrorKind::Statement, message)
 }
 
-/// The addresses `host` resolves to (a member's service name answers its task's address).
-async fn addresses(host: &str) -> Vec<IpAddr> {
-    if let Ok(ip) = host.parse() {
-        return vec![ip];
-    }
-    match tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, 0))).await {
-        Ok(Ok(found)) => {
-            let mut ips: Vec<IpAddr> = found.map(|a| a.ip()).collect();
-            ips.sort();
-            ips.dedup();
-            ips
-        }
-        _ => Vec::new(),
-    }
+/// A connection to PostgreSQL at `host:port` as `user`, in the maintenance database.
+fn config(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    connect_timeout: Duration,
+) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .application_name("pgswarm-switchover")
+        .connect_timeout(connect_timeout);
+    config
 }
 
 /// One write through `host:port`: the address of the server that committed it.
@@ -79,15 +84,7 @@ pub async fn write_once(
     password: &str,
     patience: Duration,
 ) -> anyhow::Result<IpAddr> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(host)
-        .port(port)
-        .user(user)
-        .password(password)
-        .dbname("postgres")
-        .application_name("pgswarm-switchover")
-        .connect_timeout(patience);
+    let config = config(host, port, user, password, patience);
     let attempt = async {
         let client = crate::tls::connect(&config).await?;
         let messages = client.simple_query(WRITE_CHECK_SQL).await?;
@@ -113,15 +110,13 @@ async fn checkpoint(
     creds: &Credentials<'_>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(host)
-        .port(port)
-        .user(creds.superuser)
-        .password(creds.superuser_password)
-        .dbname("postgres")
-        .application_name("pgswarm-switchover")
-        .connect_timeout(Duration::from_secs(3));
+    let config = config(
+        host,
+        port,
+        creds.superuser,
+        creds.superuser_password,
+        Duration::from_secs(3),
+    );
     tokio::time::timeout(timeout, async {
         let client = crate::tls::connect(&config).await?;
         client.simple_query("CHECKPOINT").await?;
@@ -143,7 +138,7 @@ pub async fn run(
     let timeout = Duration::from_secs(plan.timeout_secs.max(1));
     let leader_host = plan.leader_host.as_deref().unwrap_or(&plan.leader);
     let old: Vec<IpAddr> = if plan.leader_addresses.is_empty() {
-        addresses(&plan.leader).await
+        pooler::task_addresses(&plan.leader, plan.pg_port).await
     } else {
         plan.leader_addresses
             .iter()
@@ -160,19 +155,6 @@ pub async fn run(
             ),
         ));
     }
-    let mut members = Vec::new();
-    for m in &plan.members {
-        for ip in addresses(m).await {
-            members.push((ip, m.clone()));
-        }
-    }
-    let name_of = |ip: IpAddr| {
-        members
-            .iter()
-            .find(|(a, _)| *a == ip)
-            .map(|(_, m)| m.clone())
-    };
-
     // 0. A checkpoint now, while clients still run: Patroni's demote starts with one, and
     // with the pooler paused it would hold them for as long as the dirty buffers take.
     let started = Instant::now();
@@ -322,7 +304,6 @@ pub async fn run(
     };
     Ok(SwitchoverReply {
         old_leader: plan.leader.clone(),
-        new_leader: name_of(server),
         server: server.to_string(),
         paused_ms,
         paused_tasks,
@@ -333,13 +314,12 @@ pub async fn run(
 
 /// Resumes every paused pooler task (each one tried); the failures, named.
 async fn resume_all(
-    paused: &[(&SwitchTarget, Vec<pooler::PausedTask>)],
+    paused: &[(&Endpoint, Vec<pooler::PausedTask>)],
     creds: &Credentials<'_>,
 ) -> Result<(), String> {
     let mut failed = Vec::new();
     for (p, tasks) in paused {
-        if let Err(e) =
-            pooler::resume_tasks(tasks, creds.superuser, creds.superuser_password, p.port).await
+        if let Err(e) = pooler::resume_tasks(tasks, creds.superuser, creds.superuser_password).await
         {
             warn!(pooler = %p.host, error = %e, "cannot resume the pooler");
             failed.push(format!("cannot resume the pooler {}: {e}", p.host));

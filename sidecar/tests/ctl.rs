@@ -272,7 +272,7 @@ async fn ctl_pooler_pause_holds_queries_and_resume_releases_them() {
         !held.is_finished(),
         "a query ran through a PgBouncer paused over the network"
     );
-    pgswarm_sidecar::pooler::resume_tasks(&tasks, "postgres", SUPERUSER_PASSWORD, pool_port)
+    pgswarm_sidecar::pooler::resume_tasks(&tasks, "postgres", SUPERUSER_PASSWORD)
         .await
         .expect("a resume over the network");
     let (_a, result) = tokio::time::timeout(Duration::from_secs(30), held)

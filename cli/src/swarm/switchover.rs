@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use pgswarm_contract::ctl::{
-    self, Request, SwitchTarget, SwitchoverPlan, SwitchoverReply, Target, WriteCheckReply,
+    self, Request, SwitchoverPlan, SwitchoverReply, Target, WriteCheckReply,
 };
 
 use crate::spec::{Cluster, Service, ServiceKind, Topology};
+use pgswarm_contract::Endpoint;
 
 use super::job;
 use super::progress::Progress;
@@ -250,9 +251,9 @@ pub async fn switchover(
         Some(g) if g != 0 => (candidate.clone(), pg_port),
         _ => write_target(cluster, &candidate),
     };
-    let poolers: Vec<SwitchTarget> = match (options.pause_pooler, cluster.pooler()) {
+    let poolers: Vec<Endpoint> = match (options.pause_pooler, cluster.pooler()) {
         (true, Some(pooler)) => match pooler.env.role {
-            pgswarm_contract::Role::Pooler { port, .. } => vec![SwitchTarget {
+            pgswarm_contract::Role::Pooler { port, .. } => vec![Endpoint {
                 host: pooler.name.clone(),
                 port,
             }],
@@ -267,8 +268,7 @@ pub async fn switchover(
         candidate: Some(candidate.clone()),
         rest_port,
         pg_port,
-        members: in_group.iter().map(|s| s.name.clone()).collect(),
-        write: SwitchTarget {
+        write: Endpoint {
             host: host.clone(),
             port,
         },
